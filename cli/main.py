@@ -1,0 +1,38 @@
+"""The `hmdf` command: a thin typer application over the `hmdf_deploy` library."""
+
+from __future__ import annotations
+
+import typer
+
+from hmdf_deploy import __version__
+from hmdf_deploy.cli import ui
+from hmdf_deploy.cli.train import train
+
+app = typer.Typer(
+    name="hmdf",
+    help="Train, quantize, export and stream HM-DF spiking neural networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hmdf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of user errors too."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    ui.settings["debug"] = debug
+
+
+app.command(no_args_is_help=False)(train)
+
+
+def main() -> None:
+    app()

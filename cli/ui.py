@@ -1,0 +1,56 @@
+"""Output for the CLI: results on stdout (a rich table, or JSON with --json), errors on stderr.
+
+`handle_errors` is the one error boundary: an HmdfError becomes `error: <one line>` on stderr and
+exit code 2 (`--debug` adds the traceback); any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hmdf_deploy.errors import HmdfError
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+settings = {"debug": False}
+
+
+def handle_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HmdfError as e:
+            fail(str(e))
+
+    return wrapper
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print `error: message` as one line on stderr and exit with `code`."""
+    if settings["debug"] and sys.exc_info()[0] is not None:
+        err.print_exception()
+    err.print(f"error: {' '.join(message.split())}", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON object on stdout (for --json)."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, justify="right" if c != columns[0] else "left")
+    for r in rows:
+        t.add_row(*(str(v) for v in r))
+    return t

@@ -1,0 +1,102 @@
+"""The training run directory (DESIGN.md "Training run directory").
+
+    config.json       everything needed to rebuild the network and continue training
+    model.safetensors the weights, the artefact `hmdf quantize` reads
+    train_state.pt    weights + optimizer + scheduler + position, loaded with weights_only=True
+    metrics.jsonl     one JSON object per finished epoch
+
+Every write goes to a temporary file in the same directory and is renamed into place, so a kill
+at any moment leaves the previous good file. Resuming reads only `train_state.pt`, which holds its
+own copy of the weights: there is no window in which weights and optimizer state disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hmdf_deploy.errors import HmdfError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+STATE = "train_state.pt"
+METRICS = "metrics.jsonl"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary sibling of `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: dict) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise HmdfError(f"{path} not found: is this a training run directory?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HmdfError(f"{path} is not valid JSON ({e})") from None
+
+
+def save_weights(path: Path, state_dict: dict) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+
+
+def load_weights(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise HmdfError(f"{path} not found: is this a training run directory?")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise HmdfError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def save_state(path: Path, state: dict) -> None:
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_state(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise HmdfError(f"{path} not found: nothing to resume in {Path(path).parent}")
+    try:
+        # weights_only: tensors, numbers, strings, lists and dicts; never code from the file.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise HmdfError(f"{path} is not a readable training state ({type(e).__name__})") from None
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(path: Path, before_epoch: int) -> None:
+    """Keep only the records of epochs < before_epoch (they are redone after a resume)."""
+    kept = [r for r in read_metrics(path) if r.get("epoch", 0) < before_epoch]
+    atomic_write(path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in kept)))
