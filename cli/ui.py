@@ -50,7 +50,8 @@ def emit_json(obj: Any) -> None:
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c, justify="right" if c != columns[0] else "left")
+        first = c == columns[0]
+        t.add_column(c, justify="left" if first else "right", no_wrap=first)
     for r in rows:
         t.add_row(*(str(v) for v in r))
     return t
