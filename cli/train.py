@@ -50,7 +50,6 @@ def train(
         if out is not None:
             raise HmdfError("--resume continues an existing run in place; it takes no --out")
         run_dir = resume_dir
-        model_config, train_config = load_run_config(run_dir)
         call = lambda **kw: resume(run_dir, **kw)  # noqa: E731
     else:
         if dataset not in DATASETS:
@@ -75,12 +74,13 @@ def train(
             record = call(progress=progress, should_stop=stop)
         except TrainingInterrupted as e:
             ui.fail(str(e), code=130)
-    _report(run_dir, model_config, record, json_out)
+    _report(run_dir, record, json_out)
 
 
-def _report(run_dir: Path, model_config: ModelConfig, record: dict, json_out: bool) -> None:
+def _report(run_dir: Path, record: dict, json_out: bool) -> None:
     acc = record.get("test_acc", [])
     if json_out:
+        model_config, _ = load_run_config(run_dir)  # as completed from the data (channels, size)
         ui.emit_json({"run_dir": str(run_dir), "model": model_config.to_dict(), **record})
         return
     rows = [[t, f"{100 * a:.2f}"] for t, a in enumerate(acc)]
