@@ -7,6 +7,7 @@ import typer
 from hmdf_deploy import __version__
 from hmdf_deploy.cli import ui
 from hmdf_deploy.cli.deploy import inspect, quantize
+from hmdf_deploy.cli.export import export
 from hmdf_deploy.cli.train import train
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ def root(
 app.command(no_args_is_help=False)(train)
 app.command(no_args_is_help=True)(quantize)
 app.command(no_args_is_help=True)(inspect)
+app.command(no_args_is_help=True)(export)
 
 
 def main() -> None:

@@ -57,14 +57,14 @@ def train(
         recipe = RECIPES[dataset]
         arch, cfg = arch_from_name(model or recipe["model"])
         model_config = ModelConfig(
-            arch=arch, cfg=cfg, T=T if T is not None else recipe["T"], neuron=neuron, weights=weights,
+            arch=arch, cfg=cfg, T=_or(T, recipe["T"]), neuron=neuron, weights=weights,
             spikes=spikes, parallel=parallel, mem_bn=mem_bn, seca=seca, pool=pool,
-            width=width or recipe["width"],
+            width=_or(width, recipe["width"]),
         ).validate()
         train_config = TrainConfig(
             dataset=dataset, data_dir=str(data_dir) if data_dir else None, mode=mode,
-            random_backprop=random_backprop, epochs=epochs or recipe["epochs"],
-            batch_size=batch_size or recipe["batch_size"], lr=lr or recipe["lr"], seed=seed,
+            random_backprop=random_backprop, epochs=_or(epochs, recipe["epochs"]),
+            batch_size=_or(batch_size, recipe["batch_size"]), lr=_or(lr, recipe["lr"]), seed=seed,
         ).validate()
         run_dir = out or Path("runs") / dataset
         call = lambda **kw: start(run_dir, model_config, train_config, **kw)  # noqa: E731
@@ -75,6 +75,11 @@ def train(
         except TrainingInterrupted as e:
             ui.fail(str(e), code=130)
     _report(run_dir, record, json_out)
+
+
+def _or(value, default):
+    """The option's value when given (0 included: validation reports it), else the recipe's."""
+    return default if value is None else value
 
 
 def _report(run_dir: Path, record: dict, json_out: bool) -> None:

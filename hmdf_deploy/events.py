@@ -18,7 +18,6 @@ tensor, the network's input.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hmdf_deploy.atomic import atomic_write
 from hmdf_deploy.errors import HmdfError
 
 __all__ = [
@@ -333,19 +333,11 @@ def write_events(path: str | os.PathLike, recording: EventRecording) -> Path:
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    if not path.parent.is_dir():
-        raise HmdfError(f"cannot write {path}: folder {path.parent} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: savez would append ".npz" to a path
             np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Ctrl-C or a full disk: leave no stray temp file and keep the old file intact.
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,9 +23,7 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import struct
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hmdf_deploy.atomic import atomic_write
 from hmdf_deploy.errors import HmdfError
 
 FORMAT = "hmdf"
@@ -152,43 +151,12 @@ def _chunks(header: bytes, arrays: list[np.ndarray]) -> Iterator[Any]:
 
 
 def _atomic_write(path: Path, chunks: Iterator[Any]) -> None:
-    """Write to a fresh temporary file in the target's folder, fsync, then rename over `path`."""
-    parent = path.parent
-    if not parent.is_dir():
-        raise HmdfError(f"cannot write {path}: the folder {parent} does not exist")
-    tmp = parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o666)  # the umask applies, as for any new file
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(parent)
 
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); best effort, since not every platform allows it."""
-    if sys.platform == "win32":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------------------- reading

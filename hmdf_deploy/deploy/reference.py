@@ -157,3 +157,17 @@ def _affine(acc: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     if scale.dim() == 1:
         scale, shift = scale.unsqueeze(0), shift.unsqueeze(0)
     return acc * scale.reshape(*scale.shape, *extra) + shift.reshape(*shift.shape, *extra)
+
+
+@torch.no_grad()
+def node_shapes(model: DeployModel) -> dict[str, tuple[int, ...]]:
+    """Per-sample output shape of every node (no batch, no time), from one zero input."""
+    record: dict[str, Tensor] = {}
+    Reference(model).run(torch.zeros(1, 1, *model.input_shape), record=record)
+    return {k: tuple(v.shape[2:]) for k, v in record.items()}
+
+
+def state_shapes(model: DeployModel) -> dict[str, tuple[int, ...]]:
+    """Per-sample membrane shape of every stateful neuron, in graph order (the streaming state)."""
+    shapes = node_shapes(model)
+    return {n.name: shapes[n.name] for n in model.neurons if n.stateful}

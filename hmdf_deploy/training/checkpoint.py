@@ -13,35 +13,18 @@ own copy of the weights: there is no window in which weights and optimizer state
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from hmdf_deploy.atomic import atomic_write
 from hmdf_deploy.errors import HmdfError
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE = "train_state.pt"
 METRICS = "metrics.jsonl"
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary sibling of `path`, fsync it, then rename it over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -20,7 +20,7 @@ from hmdf_deploy.data import DataInfo, Split, augment_batch, load_dataset
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.models import ModelConfig, build_model
 from hmdf_deploy.training import checkpoint as ckpt
-from hmdf_deploy.training.distributed import Dist, barrier, init_distributed, shutdown, wrap
+from hmdf_deploy.training.distributed import barrier, init_distributed, shutdown, wrap
 from hmdf_deploy.training.steps import MODES, evaluate, train_batch
 
 

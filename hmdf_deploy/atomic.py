@@ -1,0 +1,55 @@
+"""Atomic file writes: the one place every writer of hmdf goes through.
+
+`atomic_write(path, write)` calls `write(tmp)` on a fresh temporary file in the target's folder,
+fsyncs it, renames it over `path` and fsyncs the folder. A failure or a kill at any moment leaves
+either the previous file or the new one under `path`, never a partial file, and no temporary.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Callable
+
+from hmdf_deploy.errors import HmdfError
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        raise HmdfError(f"cannot write {path}: the folder {parent} does not exist")
+    tmp = parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (POSIX); best effort, since not every platform allows it."""
+    if sys.platform == "win32":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
