@@ -32,6 +32,7 @@ __all__ = [
     "EVENT_DTYPE",
     "EventRecording",
     "make_events",
+    "recording_frames",
     "read_events",
     "resize_frames",
     "to_frames",
@@ -461,3 +462,25 @@ def to_frames(
     counts = np.bincount(flat.astype(np.int64), minlength=n_frames * n_pol * h * w)
     frames = counts.reshape(n_frames, n_pol, h, w).astype(np.float32)
     return frames if size is None else resize_frames(frames, size)
+
+
+def recording_frames(path: Path, input_shape: tuple[int, int, int], T: int, *,
+                     time_window: int | None = None, event_count: int | None = None) -> tuple[np.ndarray, int | None, int]:
+    """(frames (N, C, H, W), label, event count) of an events.npz at a model's input size.
+
+    Default binning: T equal time windows over the whole recording (one prediction window);
+    `time_window` (µs) or `event_count` cut a long recording into as many frames as it holds.
+    """
+    rec = read_events(path)
+    size = tuple(input_shape[1:])
+    if rec.frames is not None:
+        frames = rec.frames if rec.frames.shape[-2:] == size else resize_frames(rec.frames, size)
+    elif time_window is None and event_count is None:
+        frames = to_frames(rec.events, rec.sensor_size, n_time_bins=T, size=size)
+    else:
+        frames = to_frames(rec.events, rec.sensor_size, time_window=time_window, event_count=event_count, size=size)
+    if frames.shape[1] != input_shape[0]:
+        raise HmdfError(f"{path} has {frames.shape[1]} polarity channels; the model takes {input_shape[0]}")
+    if not np.isfinite(frames).all():
+        raise HmdfError(f"{path} holds frames with NaN or Inf values")
+    return np.ascontiguousarray(frames, dtype=np.float32), rec.label, len(rec.events)

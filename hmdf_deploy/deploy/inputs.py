@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from hmdf_deploy.data import load_dataset
 from hmdf_deploy.deploy.graph import DeployModel
 from hmdf_deploy.errors import HmdfError
-from hmdf_deploy.events import read_events, resize_frames, to_frames
+from hmdf_deploy.events import recording_frames
 
 BUILT_IN = ("digits", "neuro-digits")
 
@@ -21,23 +20,11 @@ def sequence_input(x: Tensor, T: int, static: bool) -> Tensor:
     return x.unsqueeze(0).expand(T, *x.shape) if static else x.transpose(0, 1)
 
 
-def recording_frames(path: Path, model: DeployModel) -> Tensor:
-    """An events.npz binned into the model's T frames at its input size: (T, P, H, W)."""
-    rec = read_events(path)
-    size = tuple(model.input_shape[1:])
-    if rec.frames is not None:
-        frames = resize_frames(rec.frames, size) if rec.frames.shape[-2:] != size else rec.frames
-    else:
-        frames = to_frames(rec.events, rec.sensor_size, n_time_bins=model.T, size=size)
-    if frames.shape[1] != model.input_shape[0]:
-        raise HmdfError(f"{path} has {frames.shape[1]} polarity channels; the model takes {model.input_shape[0]}")
-    return torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
-
-
 def sample_sequence(model: DeployModel, *, events: Path | None = None, samples: int = 32) -> Tensor:
     """Inputs to measure a model on: `events` if given, else the built-in test split it was trained on."""
     if events is not None:
-        return recording_frames(events, model).unsqueeze(1)
+        frames, _, _ = recording_frames(events, model.input_shape, model.T)
+        return torch.from_numpy(frames[: model.T]).unsqueeze(1)
     dataset = model.source.get("dataset")
     if dataset not in BUILT_IN:
         raise HmdfError(f"this model was trained on {dataset or 'unknown data'}; pass --events FILE to measure it")

@@ -1,0 +1,115 @@
+"""`hmdf run --stream` and `hmdf data make-events`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.live import Live
+
+from hmdf_deploy.cli import ui
+from hmdf_deploy.deploy import load_hmdf
+from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.runtime import BACKENDS, POLICIES, Engine
+from hmdf_deploy.runtime.stream import StreamReport, expand_paths, stream
+
+
+@ui.handle_errors
+def run(
+    model_path: Path = typer.Argument(..., help="A .hmdf file or an exported ONNX step graph."),
+    streams: List[Path] = typer.Option(..., "--stream", "-s", help="events.npz file(s) or a directory of them; repeatable."),
+    backend: str = typer.Option("auto", help=f"One of: {', '.join(BACKENDS)}."),
+    policy: str = typer.Option("window", help="window: reset every T frames; continuous: keep the state."),
+    time_window: Optional[int] = typer.Option(None, help="Bin events into frames of this many µs (default: T bins per file)."),
+    event_count: Optional[int] = typer.Option(None, help="Bin events into frames of this many events."),
+    json_out: bool = typer.Option(False, "--json", help="JSON lines: one per window, then one summary per file."),
+) -> None:
+    """Stream recordings through the model step by step and report predictions and latency.
+
+    Example: hmdf run runs/neuro.hmdf --stream events/ --backend onnxruntime
+    """
+    if policy not in POLICIES:
+        raise HmdfError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    files = expand_paths(streams)
+    engine = Engine(_load(model_path), backend, policy)
+    binning = {"time_window": time_window, "event_count": event_count}
+    live = len(files) == 1 and not json_out and ui.out.is_terminal
+    reports = [_stream_one(engine, f, binning, live) for f in files]
+    if json_out:
+        for r in reports:
+            for w in r.windows:
+                ui.emit_json({"path": r.path, **w})
+            ui.emit_json({"summary": r.summary(), "backend": engine.backend.name, "policy": policy})
+        if len(reports) > 1:
+            ui.emit_json({"accuracy": _accuracy(reports), "files": len(reports)})
+        return
+    _render(reports, engine.backend.name, policy)
+
+
+def _load(path: Path):
+    if not path.is_file():
+        raise HmdfError(f"{path} not found")
+    return path if path.suffix == ".onnx" else load_hmdf(path)
+
+
+def _stream_one(engine: Engine, path: Path, binning: dict, live: bool) -> StreamReport:
+    if not live:
+        return stream(engine, path, **binning)
+    with Live(console=ui.out, transient=True) as view:
+        def show(r, ms):
+            view.update(f"step {r.t} (window {r.window}): prediction {int(r.prediction[0])} "
+                        f"({100 * float(r.confidence[0]):.0f}%), {ms:.2f} ms/step")
+        return stream(engine, path, on_step=show, **binning)
+
+
+def _accuracy(reports: list[StreamReport]) -> float | None:
+    labelled = [r for r in reports if r.label is not None]
+    return sum(r.prediction == r.label for r in labelled) / len(labelled) if labelled else None
+
+
+def _render(reports: list[StreamReport], backend: str, policy: str) -> None:
+    if len(reports) == 1:
+        r = reports[0]
+        ui.out.print(ui.table(f"{r.path}: {r.events:,} events, {r.steps} steps, policy {policy}",
+                              ["window", "steps", "prediction", "confidence", "label"],
+                              [[w["window"], w["steps"], w["prediction"], f"{100 * w['confidence']:.1f}%",
+                                "-" if w["label"] is None else w["label"]] for w in r.windows]))
+    else:
+        ui.out.print(ui.table(f"{len(reports)} recordings, policy {policy}", ["file", "prediction", "label"],
+                              [[Path(r.path).name, r.prediction, "-" if r.label is None else r.label] for r in reports]))
+    lat = [ms for r in reports for ms in r.latencies_ms]
+    s = StreamReport("all", None, sum(r.events for r in reports), sum(r.steps for r in reports),
+                     latencies_ms=lat, seconds=sum(r.seconds for r in reports)).summary()
+    acc = _accuracy(reports)
+    ui.out.print(f"backend {backend}: latency p50 {s['latency_ms']['p50']:.3f} ms, p90 {s['latency_ms']['p90']:.3f} ms, "
+                 f"p99 {s['latency_ms']['p99']:.3f} ms per step; {s['steps_per_s']:,.0f} steps/s, "
+                 f"{s['events_per_s']:,.0f} events/s" + ("" if acc is None else f"; accuracy {100 * acc:.2f}%"))
+
+
+data = typer.Typer(help="Built-in data: write event recordings for demos and tests.", no_args_is_help=True)
+
+
+@data.command("make-events")
+@ui.handle_errors
+def make_events(
+    out: Path = typer.Option(Path("events"), "--out", "-o", help="Directory to write events.npz files into."),
+    count: int = typer.Option(10, help="Number of recordings (neuro-digits test samples)."),
+    seed: int = typer.Option(0, help="Simulation seed."),
+) -> None:
+    """Write neuro-digits recordings (simulated event camera) as events.npz files.
+
+    Example: hmdf data make-events --out events --count 20
+    """
+    from hmdf_deploy.data import make_neuro_digit_recordings
+    from hmdf_deploy.data.digits import digit_split
+    from hmdf_deploy.events import write_events
+
+    if count < 1:
+        raise HmdfError(f"--count must be at least 1, got {count}")
+    _, test = digit_split()
+    indices = test[:count]
+    out.mkdir(parents=True, exist_ok=True)
+    for i, rec in zip(indices, make_neuro_digit_recordings(seed, indices)):
+        write_events(out / f"neuro-digit-{int(i):04d}.npz", rec)
+    ui.out.print(f"wrote {len(indices)} recordings to {out}")

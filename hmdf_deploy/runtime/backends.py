@@ -1,0 +1,120 @@
+"""Runtime backends: each runs a DeployModel one time step at a time, keeping its own state.
+
+A backend has `reset()`, `step(x_t, t) -> logits` ((B, C, H, W) float32 → (B, K)) and
+`run(x) -> logits` ((T, B, …) → (T, B, K), starting from a fresh state). Every backend must agree
+with the torch reference (SPEC §1.2 rounding decision).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hmdf_deploy.deploy.graph import DeployModel
+from hmdf_deploy.deploy.reference import Reference
+from hmdf_deploy.errors import HmdfError
+
+
+class TorchBackend:
+    """The reference executor on CPU: step form for streaming, parallel form for whole windows."""
+
+    name = "torch"
+
+    def __init__(self, model: DeployModel) -> None:
+        self.T, self.input_shape = model.T, tuple(model.input_shape)
+        self.ref = Reference(model)
+        self.state: dict = {}
+
+    def reset(self) -> None:
+        self.state = {}
+
+    @torch.no_grad()
+    def step(self, x_t: np.ndarray, t: int) -> np.ndarray:
+        logits, self.state = self.ref.step(torch.as_tensor(x_t, dtype=torch.float32), self.state, t)
+        return logits.numpy()
+
+    @torch.no_grad()
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.reset()
+        if x.shape[0] > self.T:  # past T the last step's parameters repeat: stream it
+            return np.stack([self.step(x[t], t) for t in range(x.shape[0])])
+        return self.ref.run(torch.as_tensor(x, dtype=torch.float32)).numpy()
+
+
+class OnnxBackend:
+    """An exported step graph in onnxruntime; the state tensors go out and back in at every step."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: DeployModel | Path) -> None:
+        import onnxruntime as ort
+
+        if isinstance(model, DeployModel):
+            from hmdf_deploy.exporters.onnx import build_onnx
+
+            source = build_onnx(model, "step").SerializeToString()
+        else:
+            source = str(model)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises several private exception types
+            raise HmdfError(f"onnxruntime cannot load {model if isinstance(model, Path) else 'the model'}: "
+                            f"{str(e).splitlines()[0]}") from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if "t" not in inputs or "x" not in inputs:
+            raise HmdfError("this ONNX file is not an hmdf step graph (it needs inputs x and t); export it with --graph step")
+        self.states = {k[len("state_in."):]: inputs[k].shape[1:] for k in inputs if k.startswith("state_in.")}
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.T = int(meta.get("hmdf.T", "0")) or None
+        self.input_shape = tuple(inputs["x"].shape[1:])
+        self.state: dict[str, np.ndarray] = {}
+
+    def reset(self) -> None:
+        self.state = {}
+
+    def step(self, x_t: np.ndarray, t: int) -> np.ndarray:
+        x_t = np.ascontiguousarray(x_t, dtype=np.float32)
+        feed = {"x": x_t, "t": np.array(t, dtype=np.int64)}
+        for name, shape in self.states.items():
+            feed[f"state_in.{name}"] = self.state.get(name, np.zeros((x_t.shape[0], *shape), np.float32))
+        out = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+        self.state = {name: out[f"state_out.{name}"] for name in self.states}
+        return out["logits"]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.reset()
+        return np.stack([self.step(x[t], t) for t in range(x.shape[0])])
+
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def make_backend(model: DeployModel | Path, name: str = "auto"):
+    """`auto` takes onnxruntime when it is installed (faster per step on CPU, benchmarks/RESULTS.md)."""
+    if name not in BACKENDS:
+        raise HmdfError(f"unknown backend {name!r}; this machine can run: {', '.join(available_backends())}")
+    if isinstance(model, Path):  # an .onnx file runs only in onnxruntime
+        if name == "torch":
+            raise HmdfError("an .onnx file runs on the onnxruntime backend; pass the .hmdf file for --backend torch")
+        return OnnxBackend(model)
+    if name == "torch" or (name == "auto" and "onnxruntime" not in available_backends()):
+        return TorchBackend(model)
+    if "onnxruntime" not in available_backends():
+        raise HmdfError(f"onnxruntime is not installed; this machine can run: {', '.join(available_backends())}")
+    return OnnxBackend(model)
+
+
+def available_backends() -> list[str]:
+    names = ["torch"]
+    try:
+        import onnxruntime  # noqa: F401  (pyflakes: an availability probe)
+
+        names.append("onnxruntime")
+    except ImportError:
+        pass
+    return names

@@ -1,0 +1,72 @@
+"""The streaming Engine (DESIGN.md "Runtime"): a model, a backend, its state and a stream policy.
+
+Policies for streams longer than the trained T:
+- `window` (default): reset the state every T frames; one prediction per window of T steps.
+- `continuous`: keep the state; steps past T reuse the last step's parameters; the prediction is
+  the running sum of logits since the start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hmdf_deploy.deploy.graph import DeployModel
+from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.runtime.backends import make_backend
+
+POLICIES = ("window", "continuous")
+
+
+@dataclass
+class StepResult:
+    t: int  # step index within the window (window) or since the start (continuous)
+    window: int
+    logits: np.ndarray  # (B, K) of this step
+    summed: np.ndarray  # (B, K) running sum over the window (or the whole stream)
+    window_done: bool  # the last step of a window (window policy)
+
+    @property
+    def prediction(self) -> np.ndarray:
+        return self.summed.argmax(-1)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        z = self.summed - self.summed.max(-1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        return p.max(-1)
+
+
+class Engine:
+    """`step(x_t)` for streaming, `run(frames)` for a whole window; `reset()` starts a new stream."""
+
+    def __init__(self, model: DeployModel | Path, backend: str = "auto", policy: str = "window") -> None:
+        if policy not in POLICIES:
+            raise HmdfError(f"unknown policy {policy!r}; choose window or continuous")
+        self.backend = make_backend(model, backend)
+        self.T, self.input_shape = self.backend.T, self.backend.input_shape
+        if not self.T:
+            raise HmdfError("the model does not record its number of time steps T")
+        self.policy = policy
+        self.reset()
+
+    def reset(self) -> None:
+        self.backend.reset()
+        self.t, self.window, self.summed = 0, 0, None
+
+    def step(self, x_t: np.ndarray) -> StepResult:
+        logits = self.backend.step(x_t, self.t)
+        self.summed = logits if self.summed is None else self.summed + logits
+        result = StepResult(self.t, self.window, logits, self.summed,
+                            self.policy == "window" and self.t == self.T - 1)
+        self.t += 1
+        if result.window_done:
+            self.backend.reset()
+            self.t, self.window, self.summed = 0, self.window + 1, None
+        return result
+
+    def run(self, frames: np.ndarray) -> np.ndarray:
+        """Logits (T, B, K) of a (T, B, C, H, W) sequence from a fresh state (the stream is untouched)."""
+        return self.backend.run(np.asarray(frames, dtype=np.float32))
