@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,7 +75,8 @@ def train(
             record = call(progress=progress, should_stop=stop)
         except TrainingInterrupted as e:
             ui.fail(str(e), code=130)
-    _report(run_dir, record, json_out)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for all
+        _report(run_dir, record, json_out)
 
 
 def _or(value, default):
@@ -127,13 +129,14 @@ class _RichProgress(TrainProgress):
         )
 
     def __enter__(self):
-        self.bar.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
+        if self.bar.live.is_started:  # started by start(): errors before training print alone
+            self.bar.stop()
 
     def start(self, epochs: int, batches: int, epoch: int, batch: int) -> None:
+        self.bar.start()
         self.epochs_task = self.bar.add_task("epochs", total=epochs, completed=epoch, info="")
         self.batch_task = self.bar.add_task("batches", total=batches, completed=batch, info="")
         self.batches = batches

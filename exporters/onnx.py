@@ -37,6 +37,7 @@ from hmdf_deploy.neurons import SPIKE_LEVELS, SPIKE_MAX_CODE
 
 OPSET = 25  # INT2 initializers with DequantizeLinear
 MIN_OPSET = 18  # ReduceMean with axes as an input, BitwiseAnd
+MAX_OPSET = 27  # onnxruntime 1.32 has no DequantizeLinear for opset 28
 PATHS = ("lowbit", "integer", "float")
 GRAPHS = ("step", "sequence")
 
@@ -309,9 +310,9 @@ def build_onnx(model: DeployModel, graph: str = "step", path: str = "lowbit", op
         raise ValueError(f"graph must be one of {GRAPHS} and path one of {PATHS}")
     ternary = any(isinstance(n, Synapse) and n.weights != "fp32" and weight_scheme(n.weight) == "trit5" for n in model.nodes)
     need = OPSET if ternary and path != "float" else MIN_OPSET
-    if not need <= opset <= onnx.defs.onnx_opset_version():
+    if not need <= opset <= MAX_OPSET:
         raise HmdfError(f"opset {opset} is not supported for this model and --path {path}: use {need}.."
-                        f"{onnx.defs.onnx_opset_version()} (INT2 weights need opset {OPSET}; --path float needs {MIN_OPSET})")
+                        f"{MAX_OPSET} (INT2 weights need opset {OPSET}; --path float needs {MIN_OPSET})")
     proto = _Emitter(model, graph, path, opset).build()
     shapes = state_shapes(model)
     meta = {
@@ -341,8 +342,11 @@ def check_onnx(proto: onnx.ModelProto, model: DeployModel, samples: torch.Tensor
     want = Reference(model).run(x).numpy()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # constant folding of the unpack subgraphs logs noise otherwise
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    got = run_sequence(session, x.numpy())
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        got = run_sequence(session, x.numpy())
+    except Exception as e:  # onnxruntime's own exception types are not public
+        raise HmdfError(f"onnxruntime cannot run the exported graph: {str(e).splitlines()[0]}") from None
     diff = float(np.abs(got - want).max())
     if not diff <= ONNX_RTOL * max(1.0, float(np.abs(want).max())):
         graph = proto.metadata_props and dict((p.key, p.value) for p in proto.metadata_props).get("hmdf.graph")
@@ -386,16 +390,16 @@ def export(model: DeployModel, out: Path, *, graph: str = "step", path: str = "l
         raise HmdfError(f"unknown graph {graph!r}; choose step, sequence or both")
     if path not in PATHS:
         raise HmdfError(f"unknown weight path {path!r}; choose one of {', '.join(PATHS)}")
-    written = []
-    for g in graphs:
+    protos = {}
+    for g in graphs:  # build and check every graph before writing any: all or nothing
         proto = build_onnx(model, g, path, opset)
         if checksum:
             helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "hmdf.source_checksum": checksum})
         check_onnx(proto, model, samples)
-        target = out.with_suffix(f".{g}.onnx") if graph == "both" else out
-        atomic_write(target, lambda p: p.write_bytes(proto.SerializeToString()))
-        written.append(target)
-    return written
+        protos[out.with_suffix(f".{g}.onnx") if graph == "both" else out] = proto.SerializeToString()
+    for target, data in protos.items():
+        atomic_write(target, lambda p, data=data: p.write_bytes(data))
+    return list(protos)
 
 
 __all__ = ["build_onnx", "check_onnx", "export", "run_sequence", "OPSET", "PATHS", "GRAPHS"]

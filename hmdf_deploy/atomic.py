@@ -24,6 +24,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     tmp = parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create 0600 files
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -37,6 +38,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
             pass
         raise
     _fsync_dir(parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -76,7 +76,13 @@ def append_metrics(path: Path, record: dict) -> None:
 def read_metrics(path: Path) -> list[dict]:
     if not Path(path).is_file():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line half-written by a killed run; the epoch is redone on resume
+    return records
 
 
 def truncate_metrics(path: Path, before_epoch: int) -> None:

@@ -96,9 +96,7 @@ def start(out: Path, model_config: ModelConfig, train_config: TrainConfig, **kw)
 def resume(run_dir: Path, **kw) -> dict:
     """Continue the run in `run_dir` from its last checkpoint."""
     run_dir = Path(run_dir)
-    model_config, train_config = load_run_config(run_dir)
-    if not (run_dir / ckpt.STATE).is_file():
-        raise HmdfError(f"{run_dir} has no {ckpt.STATE}: the run never finished a checkpoint; start it again")
+    model_config, train_config = load_run_config(run_dir)  # no train_state.pt yet: starts from epoch 0
     data = _load_data(train_config, model_config.T)
     return _fit(run_dir, model_config, train_config, data, **kw)
 
@@ -146,9 +144,9 @@ def _fit(
     optimizer = torch.optim.SGD(net.parameters(), lr=tc.lr, momentum=tc.momentum,
                                 nesterov=True, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
-    pos = Position()
-    if (run_dir / ckpt.STATE).is_file():
-        pos = _restore(run_dir, net, optimizer, scheduler)
+    pos = _restore(run_dir, net, optimizer, scheduler) if (run_dir / ckpt.STATE).is_file() else Position()
+    if d.main:  # epochs after the checkpoint are redone: drop their records
+        ckpt.truncate_metrics(run_dir / ckpt.METRICS, before_epoch=pos.epoch + 1)
     model = wrap(net, d)
     static = not info.event
     n_local = len(train.y) // d.world
@@ -184,9 +182,10 @@ def _fit(
                                    evaluate(model, test.x.to(d.device), test.y.to(d.device), static=static))
             pos = Position(epoch=pos.epoch + 1)
             if d.main:
-                _save_state(run_dir, net, optimizer, scheduler, pos)
+                # The state goes last: once it says "epoch done", weights and metrics already are.
                 ckpt.save_weights(run_dir / ckpt.WEIGHTS, net.state_dict())
                 ckpt.append_metrics(run_dir / ckpt.METRICS, record)
+                _save_state(run_dir, net, optimizer, scheduler, pos)
                 progress.epoch(record)
             barrier(d)
     finally:
@@ -232,5 +231,4 @@ def _restore(run_dir: Path, net, optimizer, scheduler) -> Position:
         pos = Position(**state["position"])
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise HmdfError(f"{run_dir / ckpt.STATE} does not match this run's config ({type(e).__name__}: {e})") from None
-    ckpt.truncate_metrics(run_dir / ckpt.METRICS, before_epoch=pos.epoch + 1)
     return pos

@@ -1,0 +1,64 @@
+"""Shared fixtures for the training, CLI and distributed tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hmdf_deploy.data import load_dataset
+
+_DATASET_CACHE: dict = {}
+
+
+def _cached_load_dataset(name, *, T, data_dir=None, seed=0):
+    """load_dataset, memoised per session: neuro-digits takes seconds to simulate."""
+    key = (name, int(T), None if data_dir is None else str(data_dir), seed)
+    if key not in _DATASET_CACHE:
+        _DATASET_CACHE[key] = load_dataset(name, T=T, data_dir=data_dir, seed=seed)
+    return _DATASET_CACHE[key]
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for the module's tests.
+
+    The tiny networks gain nothing from a second thread, and on a shared, busy machine the
+    thread pool's hand-offs make each training step tens of times slower.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cached_data(monkeypatch):
+    """Make the trainer load each (dataset, T, seed) once per session; returns the loader.
+
+    The data is deterministic, so sharing it changes nothing but the time the tests take.
+    """
+    import hmdf_deploy.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "load_dataset", _cached_load_dataset)
+    return _cached_load_dataset
+
+
+@pytest.fixture
+def read_weights():
+    """model.safetensors (or any safetensors file) as a dict of tensors."""
+    return lambda path: load_file(str(Path(path)))
+
+
+@pytest.fixture
+def assert_same_weights():
+    """Assert two state dicts hold the same keys and bit-equal tensors."""
+
+    def check(a: dict, b: dict) -> None:
+        assert sorted(a) == sorted(b)
+        differ = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not differ, f"tensors differ: {differ}"
+
+    return check

@@ -1,0 +1,268 @@
+"""`hmdf train` through the real command line (typer's CliRunner, in process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import pytest
+from typer.testing import CliRunner
+
+import hmdf_deploy.cli.train as cli_train
+from hmdf_deploy.cli.main import app
+from hmdf_deploy.data import load_dataset
+from hmdf_deploy.training import evaluate, load_trained
+from hmdf_deploy.training import checkpoint as ckpt
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+#: A network and schedule small enough to train in a few seconds on two cores.
+TINY = ["--model", "8,M,16,M", "--T", "2", "--epochs", "1", "--batch-size", "128"]
+RUN_FILES = {"config.json", "model.safetensors", "train_state.pt", "metrics.jsonl"}
+
+runner = CliRunner()
+
+
+def hmdf(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def single_json(stdout: str) -> dict:
+    lines = stdout.splitlines()
+    assert len(lines) == 1, f"--json must print one line, got {len(lines)}: {stdout!r}"
+    obj = json.loads(lines[0])
+    assert isinstance(obj, dict)
+    return obj
+
+
+def assert_success(result):
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    assert result.exception is None
+    assert "Traceback" not in result.output and "error:" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory, single_thread):
+    """One tiny digits run through the CLI with --json, shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("cli") / "digits"
+    result = hmdf("train", "--dataset", "digits", *TINY, "--out", out, "--json")
+    return out, result
+
+
+# --------------------------------------------------------------------------------------------
+# end to end
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_digits_end_to_end(digits_run):
+    out, result = digits_run
+    assert_success(result)
+    assert result.stderr == ""  # --json: no progress bars either
+    assert set(os.listdir(out)) == RUN_FILES
+    report = single_json(result.stdout)
+    assert report["run_dir"] == str(out) and report["epoch"] == 1
+    acc = report["test_acc"]
+    assert isinstance(acc, list) and len(acc) == 2 and all(0 <= a <= 1 for a in acc)
+    # the report is the epoch's metrics record
+    records = ckpt.read_metrics(out / "metrics.jsonl")
+    assert len(records) == 1
+    assert {k: report[k] for k in records[0]} == records[0]
+    # the stored config is what the command line asked for, shaped by the dataset
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["cfg"] == [8, "M", 16, "M"] and config["model"]["T"] == 2
+    assert (config["model"]["in_channels"], config["model"]["input_size"]) == (1, [8, 8])
+    assert (config["train"]["epochs"], config["train"]["batch_size"]) == (1, 128)
+    # the run rebuilds from its directory and scores what was reported
+    net = load_trained(out)
+    _, test, _ = load_dataset("digits", T=2)
+    assert evaluate(net, test.x, test.y, static=True) == acc
+
+
+@pytest.mark.slow
+def test_json_reports_the_model_that_was_trained(digits_run):
+    out, result = digits_run
+    report = single_json(result.stdout)
+    config = json.loads((out / "config.json").read_text())
+    assert report["model"] == config["model"]
+
+
+@pytest.mark.slow
+def test_neuro_digits_end_to_end(tmp_path, cached_data):
+    out = tmp_path / "nd"
+    result = hmdf("train", "--dataset", "neuro-digits", *TINY, "--out", out, "--json")
+    assert_success(result)
+    assert set(os.listdir(out)) == RUN_FILES
+    report = single_json(result.stdout)
+    assert len(report["test_acc"]) == 2 and report["epoch"] == 1
+    config = json.loads((out / "config.json").read_text())
+    model = config["model"]
+    # event input: 2 polarities at 16×16, and the first conv is quantized (SPEC §5)
+    assert (model["in_channels"], model["input_size"], model["quantize_stem"]) == (2, [16, 16], True)
+    assert config["data"]["event"] is True
+    _, test, _ = cached_data("neuro-digits", T=2, seed=0)
+    assert test.x.shape[1:] == (2, 2, 16, 16)
+    assert evaluate(load_trained(out), test.x, test.y, static=False) == report["test_acc"]
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_run_reports_and_changes_nothing(tmp_path, digits_run):
+    src, first = digits_run
+    run = tmp_path / "copy"
+    shutil.copytree(src, run)
+    before = {f: (run / f).read_bytes() for f in RUN_FILES}
+
+    table = hmdf("train", "--resume", run)
+    assert_success(table)
+    acc = single_json(first.stdout)["test_acc"]
+    assert f"final: {100 * acc[-1]:.2f}% after 2 steps, epoch 1" in table.stdout
+    for a in acc:
+        assert f"{100 * a:.2f}" in table.stdout
+
+    again = hmdf("train", "--resume", run, "--json")
+    assert_success(again)
+    report = single_json(again.stdout)
+    assert report["epoch"] == 1 and report["test_acc"] == acc
+    assert {f: (run / f).read_bytes() for f in RUN_FILES} == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_checkpoint_that_resume_finishes(tmp_path, monkeypatch, digits_run, read_weights,
+                                                         assert_same_weights):
+    """The first Ctrl-C stops after the current batch with a resumable checkpoint (exit 130)."""
+    out = tmp_path / "stopped"
+    real_batch = cli_train._RichProgress.batch
+
+    def batch(self, epoch, b, loss, acc):
+        real_batch(self, epoch, b, loss, acc)
+        if b == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cli_train._RichProgress, "batch", batch)
+    handler = signal.getsignal(signal.SIGINT)
+    result = hmdf("train", "--dataset", "digits", *TINY, "--out", out)
+    assert result.exit_code == 130, (result.stderr, result.exception)
+    assert signal.getsignal(signal.SIGINT) is handler  # the CLI puts the old handler back
+    assert "stopping after this batch" in result.stderr and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: interrupted") and f"--resume {out}" in errors[0]
+    state = ckpt.load_state(out / "train_state.pt")
+    assert (state["position"]["epoch"], state["position"]["batch"]) == (0, 3)  # stopped before batch 3
+
+    monkeypatch.setattr(cli_train._RichProgress, "batch", real_batch)
+    done = hmdf("train", "--resume", out, "--json")
+    assert_success(done)
+    src, first = digits_run
+    assert single_json(done.stdout)["test_acc"] == single_json(first.stdout)["test_acc"]
+    assert_same_weights(read_weights(out / "model.safetensors"), read_weights(src / "model.safetensors"))
+    assert [r["epoch"] for r in ckpt.read_metrics(out / "metrics.jsonl")] == [1]
+
+
+def test_help_has_an_example():
+    result = hmdf("train", "--help")
+    assert result.exit_code == 0
+    assert "Example: hmdf train" in result.stdout and "--resume" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# user errors: exit 2, one `error:` line on stderr, no traceback
+# --------------------------------------------------------------------------------------------
+
+
+def digits(*extra):
+    return ["--dataset", "digits", *TINY, *extra]
+
+
+# (id, arguments after `train` given the tmp dir and an existing run, expected message, reaches start)
+ERRORS = [
+    ("unknown-dataset", lambda tmp, run: ["--dataset", "mnist", "--out", tmp / "r"], r"unknown dataset 'mnist'", False),
+    ("unknown-model", lambda tmp, run: digits("--model", "resnet50", "--out", tmp / "r"), r"unknown model 'resnet50'", False),
+    ("bad-cfg", lambda tmp, run: digits("--model", "64,X", "--out", tmp / "r"), r"bad model cfg entry 'X'", False),
+    ("T-zero", lambda tmp, run: digits("--T", "0", "--out", tmp / "r"), r"T must be at least 1", False),
+    ("lif-4bit", lambda tmp, run: digits("--neuron", "lif", "--spikes", "4bit", "--out", tmp / "r"), r"LIF .*--spikes 4bit", False),
+    ("parallel-vgg", lambda tmp, run: digits("--parallel", "--out", tmp / "r"), r"--parallel .*VGG", False),
+    ("stbp-random-backprop", lambda tmp, run: digits("--mode", "stbp", "--random-backprop", "--out", tmp / "r"),
+     r"--random-backprop .*stbp", False),
+    ("unknown-mode", lambda tmp, run: digits("--mode", "bptt", "--out", tmp / "r"), r"unknown mode 'bptt'", False),
+    ("unknown-weights", lambda tmp, run: digits("--weights", "2bit", "--out", tmp / "r"), r"unknown weights '2bit'", False),
+    ("negative-lr", lambda tmp, run: digits("--lr", "-1", "--out", tmp / "r"), r"--lr must be positive", False),
+    # 0 is not "unset": it must be refused, not replaced by the dataset's default
+    ("epochs-zero", lambda tmp, run: digits("--epochs", "0", "--out", tmp / "r"), r"--epochs", False),
+    ("batch-size-zero", lambda tmp, run: digits("--batch-size", "0", "--out", tmp / "r"), r"--batch-size", False),
+    ("lr-zero", lambda tmp, run: digits("--lr", "0", "--out", tmp / "r"), r"--lr must be positive", False),
+    ("resume-missing", lambda tmp, run: ["--resume", tmp / "nope"], r"config.json not found", True),
+    ("resume-with-out", lambda tmp, run: ["--resume", run, "--out", tmp / "r"], r"--resume .* takes no --out", False),
+    ("cifar10-no-data-dir", lambda tmp, run: ["--dataset", "cifar10", *TINY, "--out", tmp / "r"], r"--data-dir", True),
+    ("cifar10-missing-data-dir", lambda tmp, run: ["--dataset", "cifar10", *TINY, "--data-dir", tmp / "none", "--out", tmp / "r"],
+     r"cifar10 file not found", True),
+    ("too-many-pools", lambda tmp, run: digits("--model", "8,M,M,M,M", "--out", tmp / "r"), r"too many M", True),
+    ("out-is-a-run", lambda tmp, run: digits("--out", run), r"already holds a training run; continue it with --resume", True),
+]
+
+
+@pytest.fixture
+def existing_run(tmp_path):
+    """A directory that holds a run (start only needs to see its config.json)."""
+    run = tmp_path / "existing"
+    run.mkdir()
+    for f in RUN_FILES:
+        (run / f).write_text(f"contents of {f}\n")
+    return run
+
+
+@pytest.mark.parametrize("make_args, message, reaches_start", [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_user_errors(tmp_path, monkeypatch, existing_run, make_args, message, reaches_start):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    run = existing_run
+    before = {f: (run / f).read_bytes() for f in RUN_FILES}
+    if not reaches_start:  # an option error must stop before any training starts
+
+        def no_training(*a, **kw):
+            raise AssertionError(f"training started with {a[1:]}")
+
+        monkeypatch.setattr(cli_train, "start", no_training)
+        monkeypatch.setattr(cli_train, "resume", no_training)
+
+    result = hmdf("train", *make_args(tmp_path, run))
+
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"stderr must be one line: {result.stderr!r}"
+    assert lines[0].startswith("error: ") and re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
+    assert {f: (run / f).read_bytes() for f in RUN_FILES} == before  # an existing run is never touched
+
+
+def test_errors_while_training_starts_print_exactly_one_line(tmp_path, monkeypatch, existing_run):
+    """Errors found after the progress display is up (data, dataset-dependent model checks, an
+    existing run) must not add anything to stderr either: `hmdf train ... 2>err.txt` holds the one
+    `error:` line and nothing else."""
+    monkeypatch.chdir(tmp_path)
+    extra = {}
+    for name, make_args, _, reaches_start in ERRORS:
+        if reaches_start:
+            result = hmdf("train", *make_args(tmp_path, existing_run))
+            assert result.exit_code == 2, name
+            if len(result.stderr.splitlines()) != 1:
+                extra[name] = result.stderr
+    assert extra == {}
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", *digits("--T", "0", "--out", tmp_path / "r")]
+    debug = hmdf("--debug", *args)
+    assert debug.exit_code == 2
+    assert "Traceback" in debug.stderr and "HmdfError" in debug.stderr
+    assert debug.stderr.splitlines()[-1] == "error: T must be at least 1, got 0"
+    # the flag does not stick to the next invocation
+    plain = hmdf(*args)
+    assert plain.exit_code == 2 and "Traceback" not in plain.output
+    assert plain.stderr.splitlines() == ["error: T must be at least 1, got 0"]
