@@ -7,6 +7,7 @@ with the torch reference (SPEC §1.2 rounding decision).
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -110,11 +111,4 @@ def make_backend(model: DeployModel | Path, name: str = "auto"):
 
 
 def available_backends() -> list[str]:
-    names = ["torch"]
-    try:
-        import onnxruntime  # noqa: F401  (pyflakes: an availability probe)
-
-        names.append("onnxruntime")
-    except ImportError:
-        pass
-    return names
+    return ["torch"] + (["onnxruntime"] if importlib.util.find_spec("onnxruntime") else [])

@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.event_stream import iter_frames
 from hmdf_deploy.events import recording_frames
 from hmdf_deploy.runtime.engine import Engine, StepResult
 
@@ -41,9 +42,13 @@ class StreamReport:
 
 
 def stream(engine: Engine, path: Path, *, on_step: Callable[[StepResult, float], None] | None = None,
-           **binning) -> StreamReport:
-    """Feed a recording frame by frame (batch 1) through a fresh engine state."""
-    frames, label, n_events = recording_frames(path, engine.input_shape, engine.T, **binning)
+           time_window: int | None = None, event_count: int | None = None) -> StreamReport:
+    """Feed a recording frame by frame (batch 1) through a fresh engine state.
+
+    With `time_window` or `event_count` the file is read in chunks and binned on the fly (memory
+    does not grow with the recording); otherwise it is binned into T frames as a whole.
+    """
+    frames, label, n_events = _frames(path, engine, time_window, event_count)
     report = StreamReport(str(path), label, n_events)
     engine.reset()
     started = time.perf_counter()
@@ -62,6 +67,15 @@ def stream(engine: Engine, path: Path, *, on_step: Callable[[StepResult, float],
     if result is not None and not result.window_done:  # a partial window (or continuous): its state so far
         report.windows.append(_window(result, label))
     return report
+
+
+def _frames(path: Path, engine: Engine, time_window, event_count) -> tuple[Iterable[np.ndarray], int | None, int]:
+    if time_window is None and event_count is None:
+        return recording_frames(path, engine.input_shape, engine.T)
+    header, frames = iter_frames(path, tuple(engine.input_shape[1:]), time_window=time_window, event_count=event_count)
+    if header.sensor_size[2] != engine.input_shape[0]:
+        raise HmdfError(f"{path} has {header.sensor_size[2]} polarity channels; the model takes {engine.input_shape[0]}")
+    return frames, header.label, header.events
 
 
 def _window(r: StepResult, label: int | None) -> dict:
