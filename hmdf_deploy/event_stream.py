@@ -32,7 +32,9 @@ class StreamHeader:
 class _NpyReader:
     """A 1-D `.npy` member of a zip read sequentially; refuses object (pickled) arrays."""
 
-    def __init__(self, zf: zipfile.ZipFile, member: str, where: str) -> None:
+    def __init__(self, zf: zipfile.ZipFile, member: str, where: str, shape_1d: bool = True) -> None:
+        if not member.endswith(".npy"):
+            raise HmdfError(f"{where}: member '{member}' is not a numpy array (.npy) entry")
         self.f = zf.open(member)
         version = np.lib.format.read_magic(self.f)
         read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -41,9 +43,9 @@ class _NpyReader:
         shape, fortran, self.dtype = read_header[version](self.f)
         if self.dtype.hasobject:
             raise HmdfError(f"{where}: key '{member[:-4]}' holds a pickled object array; hmdf never unpickles event files")
-        if len(shape) != 1:
+        if shape_1d and len(shape) != 1:
             raise HmdfError(f"{where}: key '{member[:-4]}' must be 1-D, got shape {shape}")
-        self.remaining = shape[0]
+        self.remaining = shape[0] if shape else 1
 
     def read(self, n: int) -> np.ndarray:
         n = min(n, self.remaining)
@@ -75,10 +77,19 @@ def open_event_stream(path: Path, chunk_events: int = CHUNK_EVENTS) -> tuple[Str
         raise HmdfError(f"{where}: not an .npz archive (expected a zip written by numpy.savez)") from None
     names = set(zf.namelist())
     try:
+        for member in sorted(names):  # refuse a pickle anywhere in the file, not only where we read
+            _NpyReader(zf, member, where, shape_1d=False)
+        if "frames.npy" in names and "events.npy" not in names and "x.npy" not in names:
+            raise HmdfError(f"{where} holds pre-binned frames: run it without --time-window / --event-count")
         if "sensor_size.npy" not in names:
             raise HmdfError(f"{where}: streaming needs a 'sensor_size' key (W, H, P)")
         size = tuple(int(v) for v in _small(zf, "sensor_size.npy").reshape(-1))
-        label = int(_small(zf, "label.npy")) if "label.npy" in names else None
+        label = None
+        if "label.npy" in names:
+            value = _small(zf, "label.npy")
+            if value.size != 1 or not np.issubdtype(value.dtype, np.integer):
+                raise HmdfError(f"{where}: key 'label' must be a single integer, got {value.dtype} of shape {value.shape}")
+            label = int(value.reshape(()))
         if "events.npy" in names:
             readers = {"events": _NpyReader(zf, "events.npy", where)}
         elif all(f"{k}.npy" in names for k in _FIELDS):
@@ -114,7 +125,7 @@ def iter_frames(path: Path, size: tuple[int, int] | None = None, *, time_window:
         raise HmdfError("give exactly one of time_window, event_count")
     step = time_window if time_window is not None else event_count
     if step < 1:
-        raise HmdfError(f"{'time_window' if time_window else 'event_count'} must be a positive integer, got {step}")
+        raise HmdfError(f"{'time_window' if time_window is not None else 'event_count'} must be a positive integer, got {step}")
     header, chunks = open_event_stream(path, chunk_events)
     if header.events == 0:
         raise HmdfError(f"{path}: the event stream is empty (no events)")

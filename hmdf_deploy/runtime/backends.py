@@ -99,7 +99,8 @@ def make_backend(model: DeployModel | Path, name: str = "auto"):
     """`auto` takes onnxruntime when it is installed (faster per step on CPU, benchmarks/RESULTS.md)."""
     if name not in BACKENDS:
         raise HmdfError(f"unknown backend {name!r}; this machine can run: {', '.join(available_backends())}")
-    if isinstance(model, Path):  # an .onnx file runs only in onnxruntime
+    if not isinstance(model, DeployModel):  # a path: an .onnx file runs only in onnxruntime
+        model = Path(model)
         if name == "torch":
             raise HmdfError("an .onnx file runs on the onnxruntime backend; pass the .hmdf file for --backend torch")
         return OnnxBackend(model)

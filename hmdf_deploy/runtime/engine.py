@@ -69,4 +69,8 @@ class Engine:
 
     def run(self, frames: np.ndarray) -> np.ndarray:
         """Logits (T, B, K) of a (T, B, C, H, W) sequence from a fresh state (the stream is untouched)."""
-        return self.backend.run(np.asarray(frames, dtype=np.float32))
+        saved = self.backend.state
+        try:
+            return self.backend.run(np.asarray(frames, dtype=np.float32))
+        finally:
+            self.backend.state = saved
