@@ -58,9 +58,10 @@ def hmdf_fire(m: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
     """Graded spike and Precise-Positioning Reset (SPEC §1, §2).
 
     s = max(m − θ, 0) sends the whole excess; v = min(m, θ) pins a firing membrane exactly at θ.
-    Gradients: ds/dm = 1[m > θ], dv/dm = 1[m < θ]: no surrogate is needed.
+    Gradients: ds/dm = 1[m > θ], dv/dm = 1[m ≤ θ] (SPEC §2), also at a tie m = θ, where
+    torch.minimum would split the gradient in halves; no surrogate is needed.
     """
-    return torch.relu(m - threshold), torch.minimum(m, threshold)
+    return torch.relu(m - threshold), torch.where(m > threshold, threshold, m)
 
 
 def hmdf_step(

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from hmdf_deploy.errors import HmdfError
@@ -206,8 +207,11 @@ def rows(t: Tensor, step: int) -> Tensor:
 
 
 def per_step(t: Tensor, T: int) -> Tensor:
-    """All T rows of a per-step tensor (R = 1 is repeated)."""
-    return t.expand(T, *t.shape[1:]) if t.shape[0] == 1 else t[:T]
+    """Rows 0..T−1 of a per-step tensor, each row min(t, R − 1) (the last row repeats past R)."""
+    R = t.shape[0]
+    if R >= T:
+        return t[:T]
+    return torch.cat([t, t[-1:].expand(T - R, *t.shape[1:])])
 
 
 def node_from_parts(kind: str, attrs: dict, tensors: dict[str, Tensor]) -> Node:
