@@ -159,46 +159,121 @@ class DeployModel:
         return modes.pop() if len(modes) == 1 else "mixed"
 
     def validate(self) -> "DeployModel":
-        """Check names, wiring order and tensor shapes; raise HmdfError naming the node."""
-        seen = {"input"}
-        if self.T < 1 or self.T > 100_000:
-            raise HmdfError(f"T = {self.T} is out of range")
+        """Check names, wiring order, attributes and every shape along the graph.
+
+        Raises HmdfError naming the node; a model that validates runs in every executor.
+        """
+        if not isinstance(self.T, int) or isinstance(self.T, bool) or not 1 <= self.T <= 100_000:
+            raise HmdfError(f"T = {self.T!r} is out of range")
+        if len(self.input_shape) != 3 or any(not isinstance(v, int) or v < 1 for v in self.input_shape):
+            raise HmdfError(f"input_shape {list(self.input_shape)} must be three positive integers (C, H, W)")
+        shapes: dict[str, tuple[int, ...]] = {"input": tuple(self.input_shape)}
         for n in self.nodes:
-            if n.name in seen:
+            if n.name in shapes:
                 raise HmdfError(f"node name {n.name!r} is used twice")
             for src in n.inputs:
-                if src not in seen:
+                if src not in shapes:
                     raise HmdfError(f"node {n.name!r} reads {src!r}, which is not defined before it")
-            _check_node(n, self.T)
-            seen.add(n.name)
-        if self.output not in seen:
+            _check_attrs(n)
+            shapes[n.name] = _out_shape(n, [shapes[i] for i in n.inputs], self.T)
+        if self.output not in shapes:
             raise HmdfError(f"output {self.output!r} is not a node")
+        if shapes[self.output] != (self.num_classes,):
+            raise HmdfError(f"output {self.output!r} has shape {shapes[self.output]}, expected ({self.num_classes},) logits")
         return self
 
 
-def _check_rows(n: Node, key: str, t: Tensor | None, T: int, cols: int | None) -> None:
-    if t is None:
-        return
-    if t.dim() < 1 or t.shape[0] not in (1, T) or (cols is not None and t.dim() == 2 and t.shape[1] not in (1, cols)):
-        raise HmdfError(f"node {n.name!r}: {key} has shape {tuple(t.shape)}, expected ({T} or 1, {cols})")
+_CHOICES = {
+    (Synapse, "weights"): ("fp32", "1bit", "1.5bit"),
+    (Neuron, "model"): ("hmdf", "parallel", "lif"),
+    (Neuron, "spikes"): ("float", "4bit"),
+    (Pool, "mode"): ("avg", "max", "global"),
+}
+_INTS = {Conv: {"stride": 1, "padding": 0}, Pool: {"kernel": 1, "stride": 1, "padding": 0}}
 
 
-def _check_node(n: Node, T: int) -> None:
-    arity = {Add: 2, SECA: (1, 2)}.get(type(n), 1)
-    if len(n.inputs) not in (arity if isinstance(arity, tuple) else (arity,)):
-        raise HmdfError(f"node {n.name!r} ({n.kind}) has {len(n.inputs)} inputs")
+def _check_attrs(n: Node) -> None:
+    for (cls, key), allowed in _CHOICES.items():
+        if isinstance(n, cls) and getattr(n, key) not in allowed:
+            raise HmdfError(f"node {n.name!r}: {key} {getattr(n, key)!r} is not one of {', '.join(allowed)}")
+    for cls, minima in _INTS.items():
+        if not isinstance(n, cls):
+            continue
+        for key, low in minima.items():
+            v = getattr(n, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise HmdfError(f"node {n.name!r}: {key} must be an integer ≥ {low}, got {v!r}")
+    if isinstance(n, SECA) and (not isinstance(n.residual_scale, (int, float)) or isinstance(n.residual_scale, bool)):
+        raise HmdfError(f"node {n.name!r}: residual_scale must be a number")
+    for key in n.tensor_fields:
+        t = getattr(n, key)
+        if t is not None and not isinstance(t, Tensor):
+            raise HmdfError(f"node {n.name!r}: {key} is not a tensor")
+
+
+def _out_shape(n: Node, ins: list[tuple[int, ...]], T: int) -> tuple[int, ...]:
+    """The per-sample output shape of `n`, or HmdfError naming both ends of a mismatch."""
+    arity = {Add: (2,), SECA: (1, 2)}.get(type(n), (1,))
+    if len(ins) not in arity:
+        raise HmdfError(f"node {n.name!r} ({n.kind}) has {len(ins)} inputs")
+    x = ins[0]
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise HmdfError(f"node {n.name!r} ({n.kind}): {what}; input {n.inputs[0]!r} has shape {x}")
+
     if isinstance(n, Synapse):
-        expected_dim = 4 if isinstance(n, Conv) else 2
-        if n.weight.dim() != expected_dim:
-            raise HmdfError(f"node {n.name!r}: weight has {n.weight.dim()} dims, expected {expected_dim}")
+        w = n.weight
+        need(w.dim() in (2, 4), f"weight has {w.dim()} dims")
         for key in ("scale", "shift"):
-            _check_rows(n, key, getattr(n, key), T, n.out_channels)
+            _check_rows(n, key, getattr(n, key), T, w.shape[0])
+    if isinstance(n, Conv):
+        need(w.dim() == 4 and len(x) == 3 and w.shape[1] == x[0], f"weight {tuple(w.shape)} does not fit")
+        out = [(d + 2 * n.padding - k) // n.stride + 1 for d, k in zip(x[1:], w.shape[2:])]
+        need(min(out) >= 1, f"a {tuple(w.shape[2:])} kernel does not fit")
+        return (w.shape[0], *out)
+    if isinstance(n, Linear):
+        need(w.dim() == 2 and x == (w.shape[1],), f"weight {tuple(w.shape)} does not fit")
+        return (w.shape[0],)
     if isinstance(n, Neuron):
         _check_rows(n, "threshold", n.threshold, T, None)
         for key in ("leak", "in_scale", "in_shift"):
-            _check_rows(n, key, getattr(n, key), T, None)
+            _check_rows(n, key, getattr(n, key), T, x[0])
         if n.stateful and n.leak is None:
             raise HmdfError(f"node {n.name!r}: a {n.model} neuron needs a leak")
+        if (n.in_scale is None) != (n.in_shift is None):
+            raise HmdfError(f"node {n.name!r}: in_scale and in_shift come together")
+        return x
+    if isinstance(n, (Add, SECA)):
+        need(len(ins) == 1 or ins[1] == x, f"the second input {n.inputs[-1]!r} has shape {ins[-1]}")
+        if isinstance(n, SECA):
+            need(len(x) == 3 and n.weight.dim() == 1 and n.weight.numel() % 2 == 1 and n.bias.numel() == 1,
+                 "SECA needs a (C, H, W) input, an odd 1-D kernel and one bias")
+        return x
+    if isinstance(n, Pool):
+        need(len(x) == 3, "pooling needs a (C, H, W) input")
+        if n.mode == "global":
+            return (x[0], 1, 1)
+        out = [(d + 2 * n.padding - n.kernel) // n.stride + 1 for d in x[1:]]
+        need(min(out) >= 1 and 2 * n.padding <= n.kernel, f"a {n.kernel}×{n.kernel} pool does not fit")
+        return (x[0], *out)
+    if isinstance(n, Flatten):
+        size = 1
+        for d in x:
+            size *= d
+        return (size,)
+    raise HmdfError(f"node {n.name!r}: unknown node type {n.kind!r}")
+
+
+def _check_rows(n: Node, key: str, t: Tensor | None, T: int, cols: int | None) -> None:
+    """A per-step tensor: (R,) or (R, C') with R in {1, T} and C' in {1, cols}."""
+    if t is None:
+        return
+    bad_rows = t.dim() < 1 or t.shape[0] not in (1, T)
+    bad_cols = t.dim() > 2 or (cols is not None and t.dim() == 2 and t.shape[1] not in (1, cols))
+    if bad_rows or bad_cols or (cols is None and t.dim() != 1):
+        expected = f"({T} or 1)" if cols is None else f"({T} or 1, {cols} or 1)"
+        raise HmdfError(f"node {n.name!r}: {key} has shape {tuple(t.shape)}, expected {expected}")
 
 
 def rows(t: Tensor, step: int) -> Tensor:

@@ -44,11 +44,14 @@ def to_parts(model: DeployModel) -> tuple[dict[str, Tensor], dict]:
 def from_parts(tensors: dict[str, Tensor], meta: dict) -> DeployModel:
     try:
         entries = list(meta["nodes"])
-        T, output = int(meta["T"]), str(meta["output"])
-        input_shape = tuple(int(v) for v in meta["input_shape"])
-        event, num_classes = bool(meta["event"]), int(meta["num_classes"])
+        T, output, event, num_classes = meta["T"], meta["output"], meta["event"], meta["num_classes"]
+        input_shape = tuple(meta["input_shape"])
     except (KeyError, TypeError, ValueError) as e:
         raise HmdfError(f"the graph metadata is incomplete or malformed ({type(e).__name__}: {e})") from None
+    if not isinstance(event, bool) or not isinstance(output, str):
+        raise HmdfError("the graph metadata is incomplete or malformed: 'event' must be a boolean and 'output' a string")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (T, num_classes, *input_shape)):
+        raise HmdfError("the graph metadata is incomplete or malformed: T, num_classes and input_shape must be integers")
     if len(input_shape) != 3:
         raise HmdfError(f"input_shape {list(input_shape)} must be (C, H, W)")
     unused = set(tensors)
