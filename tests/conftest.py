@@ -21,12 +21,12 @@ def _cached_load_dataset(name, *, T, data_dir=None, seed=0):
     return _DATASET_CACHE[key]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True, scope="session")
 def single_thread():
-    """One intra-op thread for the module's tests.
+    """One intra-op thread for the whole suite.
 
-    The tiny networks gain nothing from a second thread, and on a shared, busy machine the
-    thread pool's hand-offs make each training step tens of times slower.
+    The test networks are tiny and gain nothing from a second thread, while on a shared, busy
+    machine OpenMP's spin-waits made single tests 10-20× slower with two.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)

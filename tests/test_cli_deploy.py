@@ -37,15 +37,6 @@ T = 2
 NEURONS_PER_STEP = 8 * 8 * 8 + 16 * 4 * 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
@@ -75,14 +66,14 @@ def train(out, *extra: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ternary_run(tmp_path_factory, _one_thread):
+def ternary_run(tmp_path_factory):
     """A 1.5-bit, 4-bit-spike run; returns (run_dir, train record)."""
     out = tmp_path_factory.mktemp("runs") / "ternary"
     return out, train(out, "--weights", "1.5bit", "--spikes", "4bit")
 
 
 @pytest.fixture(scope="module")
-def fp32_run(tmp_path_factory, _one_thread):
+def fp32_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "fp32"
     return out, train(out)
 
@@ -343,7 +334,7 @@ def test_inspect_table(ternary_file):
 
 
 @pytest.fixture(scope="module")
-def neuro_model(tmp_path_factory, _one_thread):
+def neuro_model(tmp_path_factory):
     """A neuro-digits model without training: a random event VGG (2×16×16, T = 3), folded."""
     cfg = ModelConfig(arch="vgg", cfg=[4, "M", 8, "M"], in_channels=2, input_size=(16, 16), num_classes=10, T=3,
                       weights="1bit", spikes="4bit", quantize_stem=True).validate()

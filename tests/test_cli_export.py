@@ -36,14 +36,6 @@ TINY = ["--model", "8,M,16,M", "--T", "2", "--epochs", "1", "--batch-size", "128
 RUN_SHA = "ab" * 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def hmdf(*args):
     return runner.invoke(app, [str(a) for a in args])
 

@@ -38,14 +38,6 @@ N_FILES = 4
 SENSOR = (32, 32, 2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------- helpers
 def hmdf(*args):
     return runner.invoke(app, [str(a) for a in args])

@@ -16,7 +16,6 @@ from hmdf_deploy.data import load_dataset
 from hmdf_deploy.training import evaluate, load_trained
 from hmdf_deploy.training import checkpoint as ckpt
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 #: A network and schedule small enough to train in a few seconds on two cores.
 TINY = ["--model", "8,M,16,M", "--T", "2", "--epochs", "1", "--batch-size", "128"]

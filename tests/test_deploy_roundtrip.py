@@ -26,15 +26,6 @@ from hmdf_deploy.models import ModelConfig, build_model
 from hmdf_deploy.neurons import HMDFNeuron, LIFNeuron, MembraneNorm, ParallelHMDF
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------- models
 def random_fold(cfg: ModelConfig, *, event: bool = False, seed: int = 0, source: dict | None = None) -> DeployModel:
     """Fold a network with random BN statistics, neuron logits, Mem-BN and SECA parameters."""

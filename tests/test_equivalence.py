@@ -46,15 +46,6 @@ MAX_FLIP_SHARE = 1e-3
 NEURONS = (HMDFNeuron, LIFNeuron, ParallelHMDF)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------- helpers
 def randomise(net: nn.Module, calib: torch.Tensor, static: bool, g: torch.Generator) -> None:
     """Give every folded quantity a non-trivial random value, keeping the network well-conditioned.

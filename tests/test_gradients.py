@@ -22,16 +22,6 @@ D = torch.float64
 T, B, N_IN, HIDDEN, CLASSES = 5, 8, 6, 12, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP spin-waits on a busy CPU
-    (two threads on a loaded 2-core machine made these tests 20× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class OneSpikingLayer(SpikingNet):
     """Linear → one spiking layer → Linear readout (no state in the readout)."""
 

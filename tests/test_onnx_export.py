@@ -42,15 +42,6 @@ GRAPHS = ("step", "sequence")
 PATHS = ("lowbit", "integer", "float")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two shared cores: torch's thread pool spinning against other workers makes tiny convs 30× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------- helpers
 def randomise(net: nn.Module, calib: torch.Tensor, static: bool, g: torch.Generator) -> None:
     """BN statistics measured on `calib` then perturbed; γ, β, neuron logits, Mem-BN and SECA

@@ -21,16 +21,6 @@ from hmdf_deploy.quant import (
 D = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP spin-waits on a busy CPU
-    (two threads on a loaded 2-core machine made these tests 20× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def t64(x) -> torch.Tensor:
     return torch.tensor(x, dtype=D)
 

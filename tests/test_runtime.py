@@ -36,15 +36,6 @@ from hmdf_deploy.seca import SECA as SECAModule
 RTOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two shared cores: torch's thread pool spinning against other workers makes tiny convs far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------- helpers
 def randomise(net: nn.Module, calib: torch.Tensor, static: bool, g: torch.Generator) -> None:
     """BN statistics measured on `calib` then perturbed; γ, β, neuron logits and Mem-BN drawn at

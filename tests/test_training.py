@@ -36,7 +36,6 @@ from hmdf_deploy.training import trainer
 
 #: The tiny network every test here trains: two conv units on 8×8 input.
 TINY_CFG = [8, "M", 16, "M"]
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 RUN_FILES = {"config.json", "model.safetensors", "train_state.pt", "metrics.jsonl"}
 
