@@ -16,9 +16,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+from nets import randomise
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 from hmdf_deploy.cli.main import app
@@ -28,7 +28,6 @@ from hmdf_deploy.deploy import DeployModel, Reference, fold, save_hmdf
 from hmdf_deploy.events import EVENT_DTYPE, EventRecording, make_events, read_events, recording_frames, to_frames, write_events
 from hmdf_deploy.exporters.onnx import export
 from hmdf_deploy.models import ModelConfig, build_model
-from hmdf_deploy.neurons import HMDFNeuron, LIFNeuron
 
 runner = CliRunner()
 T = 4
@@ -66,30 +65,6 @@ def assert_user_error(result, *fragments: str) -> str:
 def json_lines(result) -> list[dict]:
     assert_success(result)
     return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def randomise(net: nn.Module, calib: torch.Tensor, g: torch.Generator) -> None:
-    """BN statistics measured on `calib` (B, T, C, H, W) then perturbed; γ, β and the neuron logits
-    drawn at random (as in test_onnx_export.py), so the fold is no identity and the layers fire."""
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    net.train()
-    with torch.no_grad():
-        net.forward_sequence(calib, static=False)
-        for bn in bns:
-            c = bn.num_features
-            std = bn.running_var.sqrt()
-            bn.running_mean.add_(0.2 * std * torch.randn(c, generator=g))
-            bn.running_var.mul_(torch.empty(c).uniform_(0.5, 2.0, generator=g))
-            bn.weight.copy_(torch.empty(c).uniform_(0.6, 1.6, generator=g))
-            bn.bias.copy_(0.3 * torch.randn(c, generator=g) + 0.2)
-        for m in net.modules():
-            if isinstance(m, (HMDFNeuron, LIFNeuron)):
-                m.a.copy_(torch.randn(m.a.shape, generator=g))
-                m.b.copy_(torch.randn(m.b.shape, generator=g))
-    net.eval()
 
 
 def reference_windows(deploy: DeployModel, frames: np.ndarray, policy: str) -> list[torch.Tensor]:
@@ -130,7 +105,7 @@ def world(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     net = build_model(cfg)
-    randomise(net, calib, g)
+    randomise(net, calib, False, g)
     deploy = fold(net, cfg, event=True, source={"dataset": "neuro-digits"})
     save_hmdf(deploy, root / "model.hmdf")
     [onnx_path] = export(deploy, root / "model.onnx", graph="step")
