@@ -8,6 +8,7 @@ from hmdf_deploy import __version__
 from hmdf_deploy.cli import ui
 from hmdf_deploy.cli.deploy import inspect, quantize
 from hmdf_deploy.cli.export import export
+from hmdf_deploy.cli.importer import import_checkpoint
 from hmdf_deploy.cli.run import data, run
 from hmdf_deploy.cli.train import train
 
@@ -38,6 +39,7 @@ app.command(no_args_is_help=False)(train)
 app.command(no_args_is_help=True)(quantize)
 app.command(no_args_is_help=True)(inspect)
 app.command(no_args_is_help=True)(export)
+app.command("import", no_args_is_help=True)(import_checkpoint)
 app.command(no_args_is_help=True)(run)
 app.add_typer(data, name="data")
 

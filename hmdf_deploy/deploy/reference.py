@@ -35,10 +35,12 @@ def _channels(t: Tensor, ndim: int) -> Tensor:
 
 
 class Reference:
-    def __init__(self, model: DeployModel) -> None:
+    def __init__(self, model: DeployModel, dtype: torch.dtype = torch.float32) -> None:
+        """`dtype`: float32 like any dense runtime, or float64 to check a fold without rounding noise."""
         self.model = model.validate()
-        # Codes become float once: the reference multiplies in float32 like any dense runtime.
-        self.weights = {n.name: n.weight.float() for n in model.nodes if isinstance(n, Synapse)}
+        # Codes become floats once, and every per-step parameter is promoted on use.
+        self.weights = {n.name: n.weight.to(dtype) for n in model.nodes if isinstance(n, Synapse)}
+        self.seca = {n.name: (n.weight.to(dtype).view(1, 1, -1), n.bias.to(dtype)) for n in model.nodes if isinstance(n, SECA)}
 
     # ---------------------------------------------------------------- streaming form
     def initial_state(self) -> State:
@@ -139,7 +141,8 @@ class Reference:
         if isinstance(n, SECA):
             y = x if len(args) == 1 else x + n.residual_scale * args[1]  # SECA-II adds its residual
             pooled = y.mean(dim=(2, 3)).unsqueeze(1)
-            gate = torch.sigmoid(F.conv1d(pooled, n.weight.view(1, 1, -1), n.bias, padding=n.weight.numel() // 2))
+            w, b = self.seca[n.name]
+            gate = torch.sigmoid(F.conv1d(pooled, w, b, padding=w.shape[-1] // 2))
             return y * gate.squeeze(1)[:, :, None, None]
         if isinstance(n, Pool):
             if n.mode == "global":

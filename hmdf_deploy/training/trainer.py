@@ -97,6 +97,8 @@ def resume(run_dir: Path, **kw) -> dict:
     """Continue the run in `run_dir` from its last checkpoint."""
     run_dir = Path(run_dir)
     model_config, train_config = load_run_config(run_dir)  # no train_state.pt yet: starts from epoch 0
+    if "import" in ckpt.read_json(run_dir / ckpt.CONFIG):
+        raise HmdfError(f"{run_dir} holds an imported checkpoint, not a training run: it cannot be resumed")
     data = _load_data(train_config, model_config.T)
     return _fit(run_dir, model_config, train_config, data, **kw)
 
