@@ -185,7 +185,7 @@ def check_case(cfg: ModelConfig, *, event: bool = False, batch: int = 3, seed: i
 
     rec_scan: dict = {}
     rec_loop: dict = {}
-    by_scan = ref.run(seq, record=rec_scan)
+    by_scan = ref.run(seq, scan=True, record=rec_scan)
     by_loop = ref.run(seq, scan=False, record=rec_loop)
     by_step = step_loop(ref, seq)
 
@@ -336,7 +336,7 @@ def test_negative_mem_bn_k_falls_back_to_the_loop(monkeypatch):
     monkeypatch.setattr(reference_module, "min_affine_scan", checked_scan)
     seq = sequence_input(x, cfg.T, True)
     record: dict = {}
-    got = Reference(deploy).run(seq, record=record)
+    got = Reference(deploy).run(seq, scan=True, record=record)
     assert calls == ["scan"], "the non-negative neuron should still use the scan, the negative one not"
     scale = float(want.abs().max())
     torch.testing.assert_close(got, want, rtol=0, atol=RTOL_LOGITS * scale)

@@ -4,7 +4,7 @@ Two forms that must agree:
 - `step(x_t, state, t)`: one time step, state carried by the caller (streaming);
 - `run(x)`: a whole (T, B, ...) sequence in the parallel form of SPEC §7: every stateless node
   runs once on a T·B batch, Parallel neurons need no recurrence, and stateful HM-DF neurons use
-  the associative scan (`scan=True`) or the loop (when a leak is negative, or for LIF).
+  the loop, or the associative scan (`scan=True`; not with a negative leak, nor for LIF).
 
 Every other runtime and exported file is checked against this executor.
 """
@@ -75,10 +75,12 @@ class Reference:
         return spike_output(torch.relu(m - theta), n.spikes), torch.minimum(m, theta)
 
     # ---------------------------------------------------------------- parallel form
-    def run(self, x: Tensor, *, scan: bool = True, record: dict | None = None) -> Tensor:
+    def run(self, x: Tensor, *, scan: bool = False, record: dict | None = None) -> Tensor:
         """Logits (T, B, classes) for a (T, B, C, H, W) sequence; time-batched (SPEC §7).
 
-        `record`, if given, receives every node's output (and "input") as (T, B, ...).
+        `record`, if given, receives every node's output (and "input") as (T, B, ...). The scan
+        is exact too but does O(T log T) full-size work: on a CPU the loop over the neurons'
+        recurrence is faster at every size measured (benchmarks/RESULTS.md §5), so it is the default.
         """
         T, B = x.shape[:2]
         values = {"input": x.reshape(T * B, *x.shape[2:])}
