@@ -332,18 +332,14 @@ def check_onnx(proto: onnx.ModelProto, model: DeployModel, samples: torch.Tensor
 
     `samples` is a (T, B, C, H, W) sequence; by default a fixed random one. Returns max |Δ logits|.
     """
-    import onnxruntime as ort
-
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
         raise HmdfError(f"the exported graph fails onnx.checker: {str(e).splitlines()[0]}") from None
     x = _sample(model, batch) if samples is None else samples
     want = Reference(model).run(x).numpy()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # constant folding of the unpack subgraphs logs noise otherwise
     try:
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort_session(proto.SerializeToString())
         got = run_sequence(session, x.numpy())
     except Exception as e:  # onnxruntime's own exception types are not public
         raise HmdfError(f"onnxruntime cannot run the exported graph: {str(e).splitlines()[0]}") from None
@@ -356,6 +352,20 @@ def check_onnx(proto: onnx.ModelProto, model: DeployModel, samples: torch.Tensor
 
 #: ONNX and torch convolutions accumulate in different orders; logits agree to float rounding.
 ONNX_RTOL = 1e-4
+#: Fusions that multiply the per-channel scale into float conv weights: the products round
+#: differently from scale·(W ⊛ x), which can flip a 4-bit code at a rounding tie (SPEC §1.2).
+EXACT_DISABLED_OPTIMIZERS = ["ConvMulFusion", "ConvAddFusion"]
+
+
+def ort_session(source):
+    """An onnxruntime CPU session as hmdf runs and checks its graphs: full optimisation except
+    the fusions that change the synaptic arithmetic (`EXACT_DISABLED_OPTIMIZERS`)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # constant folding of the unpack subgraphs logs noise otherwise
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=EXACT_DISABLED_OPTIMIZERS)
 
 
 def run_sequence(session, x: np.ndarray) -> np.ndarray:

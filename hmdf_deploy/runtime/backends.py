@@ -48,18 +48,11 @@ class OnnxBackend:
     name = "onnxruntime"
 
     def __init__(self, model: DeployModel | Path) -> None:
-        import onnxruntime as ort
+        from hmdf_deploy.exporters.onnx import build_onnx, ort_session
 
-        if isinstance(model, DeployModel):
-            from hmdf_deploy.exporters.onnx import build_onnx
-
-            source = build_onnx(model, "step").SerializeToString()
-        else:
-            source = str(model)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        source = build_onnx(model, "step").SerializeToString() if isinstance(model, DeployModel) else str(model)
         try:
-            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            self.session = ort_session(source)
         except Exception as e:  # onnxruntime raises several private exception types
             raise HmdfError(f"onnxruntime cannot load {model if isinstance(model, Path) else 'the model'}: "
                             f"{str(e).splitlines()[0]}") from None
