@@ -50,7 +50,9 @@ class OnnxBackend:
     def __init__(self, model: DeployModel | Path) -> None:
         from hmdf_deploy.exporters.onnx import build_onnx, ort_session
 
-        source = build_onnx(model, "step").SerializeToString() if isinstance(model, DeployModel) else str(model)
+        # In memory the file size does not matter: the float weight path is the fastest in
+        # onnxruntime on CPU (benchmarks/RESULTS.md, Peers); an .onnx file runs as exported.
+        source = build_onnx(model, "step", "float").SerializeToString() if isinstance(model, DeployModel) else str(model)
         try:
             self.session = ort_session(source)
         except Exception as e:  # onnxruntime raises several private exception types
