@@ -32,7 +32,8 @@ def export(
     """
     write = exporters.get(fmt)
     model, checksum = _load(model_path)
-    out = out or model_path.with_suffix(f".{fmt}") if model_path.is_file() else out or model_path / f"model.{fmt}"
+    if out is None:  # beside a file, or inside a run directory
+        out = model_path.with_suffix(f".{fmt}") if model_path.is_file() else model_path / f"model.{fmt}"
     if out.resolve() == model_path.resolve():
         raise HmdfError(f"--out {out} would overwrite the input model")
     files = write(model, out, graph=graph, path=path, opset=opset, checksum=checksum)
