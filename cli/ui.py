@@ -1,7 +1,8 @@
 """Output for the CLI: results on stdout (a rich table, or JSON with --json), errors on stderr.
 
 `handle_errors` is the one error boundary: an HmdfError becomes `error: <one line>` on stderr and
-exit code 2 (`--debug` adds the traceback); any other exception is a bug and keeps its traceback.
+exit code 2 (`--debug` adds the traceback); Ctrl-C becomes `error: interrupted` and exit code 130
+(128 + SIGINT, as shells report it); any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except HmdfError as e:
             fail(str(e))
+        except KeyboardInterrupt:  # writes are atomic (hmdf_deploy/atomic.py): nothing to clean up
+            fail("interrupted", code=130)
 
     return wrapper
 

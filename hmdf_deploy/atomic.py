@@ -3,6 +3,8 @@
 `atomic_write(path, write)` calls `write(tmp)` on a fresh temporary file in the target's folder,
 fsyncs it, renames it over `path` and fsyncs the folder. A failure or a kill at any moment leaves
 either the previous file or the new one under `path`, never a partial file, and no temporary.
+An OSError (disk full, no permission, read-only file system) becomes a `WriteError`: one line that
+names the path, which the CLI prints as `error: cannot write PATH: No space left on device`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from hmdf_deploy.errors import HmdfError
+
+
+class WriteError(HmdfError, OSError):
+    """A failed write. Still an OSError, so code that catches the OS's error keeps working."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -31,11 +37,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, HmdfError):
+            # strerror is the OS's own words; an OSError raised by hand may carry only a message
+            raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
         raise
     _fsync_dir(parent)
 

@@ -10,6 +10,7 @@ boundaries as `to_frames`. Memory holds one chunk and one frame, whatever the fi
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from hmdf_deploy.errors import HmdfError
-from hmdf_deploy.events import _FIELDS, resize_frames, validate_events
+from hmdf_deploy.events import _FIELDS, _MAX_FRAME_CELLS, _check_sensor_size, resize_frames, validate_events
 
 CHUNK_EVENTS = 1 << 18
 
@@ -77,13 +78,24 @@ def open_event_stream(path: Path, chunk_events: int = CHUNK_EVENTS) -> tuple[Str
         raise HmdfError(f"{where}: not an .npz archive (expected a zip written by numpy.savez)") from None
     names = set(zf.namelist())
     try:
+        return _open(zf, names, path, where, chunk_events)
+    except ZIP_ERRORS as e:
+        raise HmdfError(f"{where}: unreadable .npz archive ({type(e).__name__}: {e})") from None
+
+
+#: What a corrupt or unusual zip member raises while it is read.
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
+
+
+def _open(zf: zipfile.ZipFile, names: set[str], path: Path, where: str, chunk_events: int):
+    try:
         for member in sorted(names):  # refuse a pickle anywhere in the file, not only where we read
             _NpyReader(zf, member, where, shape_1d=False)
         if "frames.npy" in names and "events.npy" not in names and "x.npy" not in names:
             raise HmdfError(f"{where} holds pre-binned frames: run it without --time-window / --event-count")
         if "sensor_size.npy" not in names:
             raise HmdfError(f"{where}: streaming needs a 'sensor_size' key (W, H, P)")
-        size = tuple(int(v) for v in _small(zf, "sensor_size.npy").reshape(-1))
+        size = _check_sensor_size(_small(zf, "sensor_size.npy"), where)
         label = None
         if "label.npy" in names:
             value = _small(zf, "label.npy")
@@ -105,6 +117,13 @@ def open_event_stream(path: Path, chunk_events: int = CHUNK_EVENTS) -> tuple[Str
 
 
 def _chunks(zf: zipfile.ZipFile, readers: dict[str, _NpyReader], n: int, where: str) -> Iterator[dict]:
+    try:
+        yield from _read_chunks(zf, readers, n, where)
+    except ZIP_ERRORS as e:
+        raise HmdfError(f"{where}: unreadable .npz archive ({type(e).__name__}: {e})") from None
+
+
+def _read_chunks(zf: zipfile.ZipFile, readers: dict[str, _NpyReader], n: int, where: str) -> Iterator[dict]:
     with zf:
         first = next(iter(readers.values()))
         while first.remaining:
@@ -134,6 +153,8 @@ def iter_frames(path: Path, size: tuple[int, int] | None = None, *, time_window:
 
 def _binned(where, header, chunks, time_window, event_count, size) -> Iterator[np.ndarray]:
     w, h, n_pol = header.sensor_size
+    if n_pol * h * w > _MAX_FRAME_CELLS:
+        raise HmdfError(f"{where}: a {n_pol}×{h}×{w} sensor is too large to bin")
     frame = np.zeros(n_pol * h * w, np.float64)
     current, seen, t0, last_t = 0, 0, None, None
 

@@ -175,7 +175,7 @@ def _open_npz(path: Path):
         raise HmdfError(f"{path}: not an .npz archive (expected a zip written by numpy.savez).")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
         raise HmdfError(f"{path}: unreadable .npz archive ({e}).") from None
 
 
@@ -191,7 +191,7 @@ def _load_arrays(npz, path: Path) -> dict[str, np.ndarray]:
                     "event files, store plain numeric arrays."
                 ) from None
             raise HmdfError(f"{path}: key '{key}' is unreadable ({e}).") from None
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as e:
             raise HmdfError(f"{path}: key '{key}' is unreadable ({e}).") from None
         if not isinstance(arrays[key], np.ndarray):
             # NpzFile hands back the raw bytes of zip members that are not .npy files.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -539,8 +540,9 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, where, previ
         def broken(*args, **kwargs):
             raise OSError(f"{where} failed")
         monkeypatch.setattr(container.os, where, broken)
-        expected = OSError
-    with pytest.raises(expected):
+        expected = HmdfError
+    match = re.escape(f"cannot write {target}: {where} failed") if expected is HmdfError else None
+    with pytest.raises(expected, match=match):
         write_container(target, sample_tensors(), SAMPLE_META)
     monkeypatch.undo()
     if previous:

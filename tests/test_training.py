@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -581,7 +582,7 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
         tmp.write_bytes(b"half a chec")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(HmdfError, match=re.escape(f"cannot write {target}: disk full")):
         ckpt.atomic_write(target, broken)
     assert target.read_bytes() == b"previous good checkpoint"
     assert os.listdir(tmp_path) == ["train_state.pt"]

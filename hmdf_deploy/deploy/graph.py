@@ -13,6 +13,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
@@ -163,9 +164,14 @@ class DeployModel:
 
         Raises HmdfError naming the node; a model that validates runs in every executor.
         """
+        self.shapes()
+        return self
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample output shape of every node (and "input"), propagated without running anything."""
         if not isinstance(self.T, int) or isinstance(self.T, bool) or not 1 <= self.T <= 100_000:
             raise HmdfError(f"T = {self.T!r} is out of range")
-        if len(self.input_shape) != 3 or any(not isinstance(v, int) or v < 1 for v in self.input_shape):
+        if len(self.input_shape) != 3 or any(not isinstance(v, int) or not 1 <= v <= MAX_DIM for v in self.input_shape):
             raise HmdfError(f"input_shape {list(self.input_shape)} must be three positive integers (C, H, W)")
         shapes: dict[str, tuple[int, ...]] = {"input": tuple(self.input_shape)}
         for n in self.nodes:
@@ -176,11 +182,13 @@ class DeployModel:
                     raise HmdfError(f"node {n.name!r} reads {src!r}, which is not defined before it")
             _check_attrs(n)
             shapes[n.name] = _out_shape(n, [shapes[i] for i in n.inputs], self.T)
+            if math.prod(shapes[n.name]) > MAX_ELEMENTS:
+                raise HmdfError(f"node {n.name!r} would output {shapes[n.name]} per sample, more than {MAX_ELEMENTS:,} values")
         if self.output not in shapes:
             raise HmdfError(f"output {self.output!r} is not a node")
         if shapes[self.output] != (self.num_classes,):
             raise HmdfError(f"output {self.output!r} has shape {shapes[self.output]}, expected ({self.num_classes},) logits")
-        return self
+        return shapes
 
 
 _CHOICES = {
@@ -190,6 +198,9 @@ _CHOICES = {
     (Pool, "mode"): ("avg", "max", "global"),
 }
 _INTS = {Conv: {"stride": 1, "padding": 0}, Pool: {"kernel": 1, "stride": 1, "padding": 0}}
+#: Bounds that keep a hostile file from asking for absurd work or memory before anything runs.
+MAX_DIM = 2**20
+MAX_ELEMENTS = 2**24  # per-sample elements of any one node's output (a 48×48×64 map is 2**17)
 
 
 def _check_attrs(n: Node) -> None:
@@ -201,8 +212,8 @@ def _check_attrs(n: Node) -> None:
             continue
         for key, low in minima.items():
             v = getattr(n, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise HmdfError(f"node {n.name!r}: {key} must be an integer ≥ {low}, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= MAX_DIM:
+                raise HmdfError(f"node {n.name!r}: {key} must be an integer in [{low}, {MAX_DIM}], got {v!r}")
     if isinstance(n, SECA) and (not isinstance(n.residual_scale, (int, float)) or isinstance(n.residual_scale, bool)):
         raise HmdfError(f"node {n.name!r}: residual_scale must be a number")
     for key in n.tensor_fields:
@@ -226,7 +237,10 @@ def _out_shape(n: Node, ins: list[tuple[int, ...]], T: int) -> tuple[int, ...]:
         w = n.weight
         need(w.dim() in (2, 4), f"weight has {w.dim()} dims")
         for key in ("scale", "shift"):
-            _check_rows(n, key, getattr(n, key), T, w.shape[0])
+            t = getattr(n, key)
+            if t.dim() != 2:
+                raise HmdfError(f"node {n.name!r}: {key} has shape {tuple(t.shape)}, expected ({T} or 1, {w.shape[0]})")
+            _check_rows(n, key, t, T, w.shape[0])
     if isinstance(n, Conv):
         need(w.dim() == 4 and len(x) == 3 and w.shape[1] == x[0], f"weight {tuple(w.shape)} does not fit")
         out = [(d + 2 * n.padding - k) // n.stride + 1 for d, k in zip(x[1:], w.shape[2:])]
@@ -247,7 +261,7 @@ def _out_shape(n: Node, ins: list[tuple[int, ...]], T: int) -> tuple[int, ...]:
     if isinstance(n, (Add, SECA)):
         need(len(ins) == 1 or ins[1] == x, f"the second input {n.inputs[-1]!r} has shape {ins[-1]}")
         if isinstance(n, SECA):
-            need(len(x) == 3 and n.weight.dim() == 1 and n.weight.numel() % 2 == 1 and n.bias.numel() == 1,
+            need(len(x) == 3 and n.weight.dim() == 1 and n.weight.numel() % 2 == 1 and tuple(n.bias.shape) == (1,),
                  "SECA needs a (C, H, W) input, an odd 1-D kernel and one bias")
         return x
     if isinstance(n, Pool):

@@ -58,7 +58,10 @@ def from_parts(tensors: dict[str, Tensor], meta: dict) -> DeployModel:
     nodes = [_node(entry, tensors, unused) for entry in entries]
     if unused:
         raise HmdfError(f"tensor {sorted(unused)[0]!r} is not used by any node")
-    return DeployModel(T, input_shape, event, num_classes, nodes, output, dict(meta.get("source") or {})).validate()
+    source = meta.get("source") or {}
+    if not isinstance(source, dict):
+        raise HmdfError("the graph metadata is incomplete or malformed: 'source' must be an object")
+    return DeployModel(T, input_shape, event, num_classes, nodes, output, source).validate()
 
 
 def _node(entry: dict, tensors: dict[str, Tensor], unused: set[str]) -> Node:

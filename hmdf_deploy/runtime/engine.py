@@ -4,6 +4,10 @@ Policies for streams longer than the trained T:
 - `window` (default): reset the state every T frames; one prediction per window of T steps.
 - `continuous`: keep the state; steps past T reuse the last step's parameters; the prediction is
   the running sum of logits since the start.
+
+Inputs (docs/behaviour.md): NaN or Inf is refused (a NaN membrane would silently poison every
+later step of the window); a batch of 0 gives empty logits (0, K); the batch size is fixed from a
+window's first step until the next reset (the state is per sample).
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ class Engine:
         self.t, self.window, self.summed = 0, 0, None
 
     def step(self, x_t: np.ndarray) -> StepResult:
+        x_t = _finite(x_t, f"the input at step {self.t}")
+        if self.summed is not None and len(x_t) != len(self.summed):
+            raise HmdfError(f"batch size changed from {len(self.summed)} to {len(x_t)} within a window; "
+                            "call reset() first (the state is per sample)")
         logits = self.backend.step(x_t, self.t)
         self.summed = logits if self.summed is None else self.summed + logits
         result = StepResult(self.t, self.window, logits, self.summed,
@@ -71,6 +79,16 @@ class Engine:
         """Logits (T, B, K) of a (T, B, C, H, W) sequence from a fresh state (the stream is untouched)."""
         saved = self.backend.state
         try:
-            return self.backend.run(np.asarray(frames, dtype=np.float32))
+            return self.backend.run(_finite(frames, "the input sequence"))
         finally:
             self.backend.state = saved
+
+
+def _finite(x, what: str) -> np.ndarray:
+    """`x` as float32, refused if it holds NaN or Inf (after the cast: 1e39 overflows to Inf).
+    One pass over the input, small next to the convolutions."""
+    with np.errstate(over="ignore"):  # the overflow is reported below, as a refusal
+        x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise HmdfError(f"{what} holds NaN or Inf values")
+    return x

@@ -24,6 +24,7 @@ class StreamReport:
     windows: list[dict] = field(default_factory=list)  # one per finished window (or the last state)
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    blank_steps: int = 0  # all-zero frames: their logits come from the biases alone (docs/behaviour.md)
 
     @property
     def prediction(self) -> int | None:
@@ -34,7 +35,7 @@ class StreamReport:
         lat = np.array(self.latencies_ms or [0.0])
         return {
             "path": self.path, "label": self.label, "prediction": self.prediction, "events": self.events,
-            "steps": self.steps, "windows": len(self.windows),
+            "steps": self.steps, "blank_steps": self.blank_steps, "windows": len(self.windows),
             "latency_ms": {q: float(np.percentile(lat, int(q[1:]))) for q in ("p50", "p90", "p99")},
             "steps_per_s": self.steps / self.seconds if self.seconds else 0.0,
             "events_per_s": self.events / self.seconds if self.seconds else 0.0,
@@ -59,12 +60,14 @@ def stream(engine: Engine, path: Path, *, on_step: Callable[[StepResult, float],
         ms = 1000 * (time.perf_counter() - t0)
         report.latencies_ms.append(ms)
         report.steps += 1
+        report.blank_steps += not frame.any()
         if result.window_done:
             report.windows.append(_window(result, label))
         if on_step is not None:
             on_step(result, ms)
     report.seconds = time.perf_counter() - started
-    if result is not None and not result.window_done:  # a partial window (or continuous): its state so far
+    # a partial window (a stream shorter than T, or its tail) or continuous: reported with its steps
+    if result is not None and not result.window_done:
         report.windows.append(_window(result, label))
     return report
 
