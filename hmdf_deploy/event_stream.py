@@ -18,9 +18,11 @@ from typing import Iterator
 import numpy as np
 
 from hmdf_deploy.errors import HmdfError
-from hmdf_deploy.events import _FIELDS, _MAX_FRAME_CELLS, _check_sensor_size, resize_frames, validate_events
+from hmdf_deploy.events import _FIELDS, _check_sensor_size, resize_frames, validate_events
 
 CHUNK_EVENTS = 1 << 18
+#: One frame's cells (P·H·W): 2**26 covers a 2×4096×8192 sensor and bounds a frame to 512 MiB.
+MAX_SENSOR_CELLS = 2**26
 
 
 @dataclass
@@ -74,7 +76,7 @@ def open_event_stream(path: Path, chunk_events: int = CHUNK_EVENTS) -> tuple[Str
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise HmdfError(f"events file not found: {path}") from None
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError):
         raise HmdfError(f"{where}: not an .npz archive (expected a zip written by numpy.savez)") from None
     names = set(zf.namelist())
     try:
@@ -153,7 +155,7 @@ def iter_frames(path: Path, size: tuple[int, int] | None = None, *, time_window:
 
 def _binned(where, header, chunks, time_window, event_count, size) -> Iterator[np.ndarray]:
     w, h, n_pol = header.sensor_size
-    if n_pol * h * w > _MAX_FRAME_CELLS:
+    if n_pol * h * w > MAX_SENSOR_CELLS:
         raise HmdfError(f"{where}: a {n_pol}×{h}×{w} sensor is too large to bin")
     frame = np.zeros(n_pol * h * w, np.float64)
     current, seen, t0, last_t = 0, 0, None, None
