@@ -31,7 +31,7 @@ from hmdf_deploy.atomic import atomic_write
 from hmdf_deploy.deploy.graph import SECA, Add, Conv, DeployModel, Flatten, Neuron, Pool, Synapse
 from hmdf_deploy.deploy.hmdf_file import weight_scheme
 from hmdf_deploy.deploy.pack import pack_signs, pack_trits_2bit
-from hmdf_deploy.deploy.reference import Reference, node_shapes, state_shapes
+from hmdf_deploy.deploy.reference import Reference, state_shapes
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.neurons import SPIKE_LEVELS, SPIKE_MAX_CODE
 
@@ -86,7 +86,7 @@ class _Emitter:
         self.b = _Builder()
         self.integer: dict[str, bool] = {"input": False}  # does this value hold integer 4-bit codes?
         self.weights: dict[str, tuple[str, str]] = {}  # synapse → (float weight, int8 weight or "")
-        self.shapes = node_shapes(model)
+        self.shapes = model.shapes()
 
     # ------------------------------------------------------------------ per-step parameters
     def rows(self, p: torch.Tensor, rank: int, t: str | None) -> str:

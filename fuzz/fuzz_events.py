@@ -16,20 +16,18 @@ absurd allocation is an exception, not an OOM kill.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import random
 import re
-import resource
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
 from hmdf_deploy.errors import HmdfError
+from _driver import Campaign, cap_memory
 from hmdf_deploy.event_stream import iter_frames
 from hmdf_deploy.events import EventRecording, make_events, read_events, write_events
 
@@ -168,21 +166,6 @@ def _normalise(msg: str) -> str:
     return re.sub(r"\d+", "N", msg)[:100]
 
 
-def _where(exc: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "hmdf_deploy" in f.filename]
-    f = frames[-1] if frames else traceback.extract_tb(exc.__traceback__)[-1]
-    return f"{Path(f.filename).name}:{f.lineno}"
-
-
-def save_crash(folder: Path, data: bytes, exc: BaseException) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(data).hexdigest()[:16]
-    p = folder / f"events-{name}.npz"
-    p.write_bytes(data)
-    (folder / f"events-{name}.txt").write_text("".join(traceback.format_exception(exc)))
-    return p
-
-
 def make_case(seeds, seed_bytes, rng: random.Random) -> bytes | None:
     i = rng.randrange(len(seeds))
     if rng.random() < 0.5:
@@ -208,38 +191,23 @@ def main() -> int:
     # the library's own writer is a seed too
     rec = EventRecording(seeds[0][0]["events"], (8, 6, 2), 3, None, "seed")
     seed_bytes.append(write_events(work / "written.npz", rec).read_bytes())
-    if args.mem_gb > 0:
-        limit = int(args.mem_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    cap_memory(args.mem_gb)
     target = work / "case.npz"
     if args.atheris:
         return run_atheris(seeds, seed_bytes, target, args)
     rng = random.Random(args.seed)
-    start, iters, findings, outcomes = time.monotonic(), 0, {}, {}
+    campaign = Campaign(args.crashes, "events", ".npz", _normalise)
+    start = time.monotonic()
     while time.monotonic() - start < args.seconds:
-        iters += 1
+        campaign.iterations += 1
         data = make_case(seeds, seed_bytes, rng)
         if data is None:
             continue
         target.write_bytes(data)
-        try:
-            outcome = check(target)
-        except Exception as e:  # noqa: BLE001 - anything but HmdfError is a finding
-            key = f"{type(e).__name__} at {_where(e)}"  # one finding per (exception type, location)
-            if key not in findings:
-                findings[key] = save_crash(args.crashes, data, e)
-                print(f"FINDING #{len(findings)} at iteration {iters}: {key}: {_normalise(str(e))} -> "
-                      f"{findings[key]}", flush=True)
-            continue
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    elapsed = time.monotonic() - start
-    print(f"\nfuzz_events: {iters} iterations in {elapsed:.0f} s (seed {args.seed}), "
-          f"{len(outcomes)} distinct outcomes, {len(findings)} distinct findings")
-    for msg, n in sorted(outcomes.items(), key=lambda kv: -kv[1])[:20]:
-        print(f"  {n:7d}  {msg}")
-    for key, p in findings.items():
-        print(f"  FINDING  {key}\n           {p}")
-    return 1 if findings else 0
+        campaign.run(data, target, check)
+    return campaign.report(
+        f"fuzz_events: {campaign.iterations} iterations in {time.monotonic() - start:.0f} s (seed {args.seed}), "
+        f"{len(campaign.outcomes)} distinct outcomes")
 
 
 def run_atheris(seeds, seed_bytes, target: Path, args) -> int:

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import random
-import resource
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +32,7 @@ import torch  # noqa: E402
 from hmdf_deploy.deploy import Reference, load_hmdf, save_hmdf  # noqa: E402
 from hmdf_deploy.deploy.container import read_container, write_container  # noqa: E402
 from hmdf_deploy.errors import HmdfError  # noqa: E402
+from _driver import Campaign, cap_memory  # noqa: E402
 
 #: Largest activation (elements per sample, summed over nodes) the oracle runs; beyond this a
 #: model that loads is reported as "accepted but too large to run" instead of being executed.
@@ -196,10 +194,9 @@ def check(path: Path) -> str:
         model = load_hmdf(path)
     except HmdfError as e:
         return "refused: " + _normalise(str(e))
-    from hmdf_deploy.deploy.reference import node_shapes
 
     total = 0
-    for shape in node_shapes(model).values():
+    for shape in model.shapes().values():
         n = 1
         for d in shape:
             n *= d
@@ -213,13 +210,6 @@ def check(path: Path) -> str:
     return "ok"
 
 
-def _where(exc: BaseException) -> str:
-    """file:line of the innermost hmdf_deploy frame (one finding per bug, not per message)."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "hmdf_deploy" in f.filename]
-    f = frames[-1] if frames else traceback.extract_tb(exc.__traceback__)[-1]
-    return f"{Path(f.filename).name}:{f.lineno}"
-
-
 class AcceptedTooLarge(Exception):
     pass
 
@@ -230,21 +220,6 @@ def _normalise(msg: str) -> str:
 
     msg = msg.split(": ", 1)[1] if msg.startswith("/") else msg
     return re.sub(r"\d+", "N", msg)[:120]
-
-
-def save_crash(folder: Path, data: bytes, exc: BaseException) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(data).hexdigest()[:16]
-    p = folder / f"hmdf-{name}.hmdf"
-    p.write_bytes(data)
-    (folder / f"hmdf-{name}.txt").write_text("".join(traceback.format_exception(exc)))
-    return p
-
-
-def cap_memory(gb: float) -> None:
-    if gb > 0:
-        limit = int(gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def main() -> int:
@@ -266,10 +241,10 @@ def main() -> int:
         return run_atheris(seed_parts, seed_bytes, target, args)
 
     rng = random.Random(args.seed)
-    start, iters, findings = time.monotonic(), 0, {}
-    outcomes: dict[str, int] = {}
+    campaign = Campaign(args.crashes, "hmdf", ".hmdf", _normalise)
+    start = time.monotonic()
     while time.monotonic() - start < args.seconds:
-        iters += 1
+        campaign.iterations += 1
         i = rng.randrange(len(seeds))
         try:
             if rng.random() < 0.6:
@@ -281,25 +256,11 @@ def main() -> int:
                 target.write_bytes(data)
         except (ValueError, TypeError):  # the writer refused the mutation: not a test of the reader
             continue
-        try:
-            outcome = check(target)
-        except Exception as e:  # noqa: BLE001 - anything but HmdfError is a finding
-            key = f"{type(e).__name__} at {_where(e)}"  # one finding per (exception type, location)
-            if key not in findings:
-                findings[key] = save_crash(args.crashes, data, e)
-                print(f"FINDING #{len(findings)} at iteration {iters}: {key}: {_normalise(str(e))} -> "
-                      f"{findings[key]}", flush=True)
-            continue
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    elapsed = time.monotonic() - start
-    print(f"\nfuzz_hmdf: {iters} iterations in {elapsed:.0f} s (seed {args.seed}), "
-          f"{outcomes.get('ok', 0)} mutants loaded and ran, {len(outcomes) - ('ok' in outcomes)} distinct refusals, "
-          f"{len(findings)} distinct findings")
-    for msg, n in sorted(outcomes.items(), key=lambda kv: -kv[1])[:25]:
-        print(f"  {n:7d}  {msg}")
-    for key, p in findings.items():
-        print(f"  FINDING  {key}\n           {p}")
-    return 1 if findings else 0
+        campaign.run(data, target, check)
+    ok = campaign.outcomes.get("ok", 0)
+    return campaign.report(
+        f"fuzz_hmdf: {campaign.iterations} iterations in {time.monotonic() - start:.0f} s (seed {args.seed}), "
+        f"{ok} mutants loaded and ran, {len(campaign.outcomes) - ('ok' in campaign.outcomes)} distinct refusals", top=25)
 
 
 def run_atheris(seed_parts, seed_bytes, target: Path, args) -> int:

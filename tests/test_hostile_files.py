@@ -30,7 +30,6 @@ from nets import make_deploy  # noqa: E402
 
 from hmdf_deploy.deploy import Reference, load_hmdf, save_hmdf  # noqa: E402
 from hmdf_deploy.deploy.container import read_container, write_container  # noqa: E402
-from hmdf_deploy.deploy.reference import node_shapes  # noqa: E402
 from hmdf_deploy.errors import HmdfError  # noqa: E402
 from hmdf_deploy.event_stream import iter_frames  # noqa: E402
 from hmdf_deploy.events import read_events  # noqa: E402
@@ -83,7 +82,7 @@ def write_parts(path: Path, tensors: dict, meta: dict) -> None:
 def load_and_run(path: Path) -> None:
     model, peak = traced_peak(lambda: load_hmdf(path))
     assert peak < MAX_PEAK, f"load_hmdf allocated {peak} bytes for a {path.stat().st_size}-byte file"
-    total = sum(int(np.prod(s, dtype=object)) for s in node_shapes(model).values())
+    total = sum(int(np.prod(s, dtype=object)) for s in model.shapes().values())
     if total > MAX_RUN_ELEMENTS:  # valid but too big to run in a unit test
         return
     x = torch.rand(model.T, 1, *model.input_shape, generator=torch.Generator().manual_seed(0))

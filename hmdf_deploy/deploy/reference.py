@@ -164,12 +164,7 @@ def _affine(acc: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return acc * scale.reshape(*scale.shape, *extra) + shift.reshape(*shift.shape, *extra)
 
 
-def node_shapes(model: DeployModel) -> dict[str, tuple[int, ...]]:
-    """Per-sample output shape of every node (no batch, no time)."""
-    return model.shapes()
-
-
 def state_shapes(model: DeployModel) -> dict[str, tuple[int, ...]]:
     """Per-sample membrane shape of every stateful neuron, in graph order (the streaming state)."""
-    shapes = node_shapes(model)
+    shapes = model.shapes()
     return {n.name: shapes[n.name] for n in model.neurons if n.stateful}
