@@ -138,22 +138,30 @@ class Reference:
             return _affine(acc, at(n.scale), at(n.shift))
         if isinstance(n, Linear):
             return _affine(F.linear(x, self.weights[n.name]), at(n.scale), at(n.shift))
-        if isinstance(n, Add):
-            return x + args[1]
-        if isinstance(n, SECA):
-            y = x if len(args) == 1 else x + n.residual_scale * args[1]  # SECA-II adds its residual
-            pooled = y.mean(dim=(2, 3)).unsqueeze(1)
-            w, b = self.seca[n.name]
-            gate = torch.sigmoid(F.conv1d(pooled, w, b, padding=w.shape[-1] // 2))
-            return y * gate.squeeze(1)[:, :, None, None]
-        if isinstance(n, Pool):
-            if n.mode == "global":
-                return x.mean(dim=(2, 3), keepdim=True)
-            pool = F.avg_pool2d if n.mode == "avg" else F.max_pool2d
-            return pool(x, n.kernel, n.stride, n.padding)
-        if isinstance(n, Flatten):
-            return x.flatten(1)
-        raise TypeError(f"no reference implementation for node type {n.kind!r}")
+        return weightless(n, args, self.seca.get(n.name))
+
+
+def weightless(n: Node, args: list[Tensor], seca: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Add, SECA, Pool and Flatten on (N, ...) tensors: no state, no per-step parameters, so the
+    step and the time-batched forms are the same. `seca` is the node's (kernel (1, 1, k), bias),
+    already on the input's device and dtype. Shared by every executor built on torch."""
+    x = args[0]
+    if isinstance(n, Add):
+        return x + args[1]
+    if isinstance(n, SECA):
+        y = x if len(args) == 1 else x + n.residual_scale * args[1]  # SECA-II adds its residual
+        pooled = y.mean(dim=(2, 3)).unsqueeze(1)
+        w, b = seca
+        gate = torch.sigmoid(F.conv1d(pooled, w, b, padding=w.shape[-1] // 2))
+        return y * gate.squeeze(1)[:, :, None, None]
+    if isinstance(n, Pool):
+        if n.mode == "global":
+            return x.mean(dim=(2, 3), keepdim=True)
+        pool = F.avg_pool2d if n.mode == "avg" else F.max_pool2d
+        return pool(x, n.kernel, n.stride, n.padding)
+    if isinstance(n, Flatten):
+        return x.flatten(1)
+    raise TypeError(f"no reference implementation for node type {n.kind!r}")
 
 
 def _affine(acc: Tensor, scale: Tensor, shift: Tensor) -> Tensor:

@@ -1,5 +1,8 @@
 """Runtime backends: each runs a DeployModel one time step at a time, keeping its own state.
 
+torch (CPU reference), onnxruntime (an exported step graph) and triton (GPU kernels,
+`triton_backend.py`).
+
 A backend has `reset()`, `step(x_t, t) -> logits` ((B, C, H, W) float32 → (B, K)) and
 `run(x) -> logits` ((T, B, …) → (T, B, K), starting from a fresh state). Every backend must agree
 with the torch reference (SPEC §1.2 rounding decision).
@@ -16,6 +19,8 @@ import torch
 from hmdf_deploy.deploy.graph import DeployModel
 from hmdf_deploy.deploy.reference import Reference
 from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.runtime.triton_backend import TritonBackend
+from hmdf_deploy.runtime.triton_backend import unavailable as triton_unavailable
 
 
 class TorchBackend:
@@ -85,24 +90,32 @@ class OnnxBackend:
         return np.stack([self.step(x[t], t) for t in range(x.shape[0])])
 
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "triton")
 
 
 def make_backend(model: DeployModel | Path, name: str = "auto"):
-    """`auto` takes onnxruntime when it is installed (faster per step on CPU, benchmarks/RESULTS.md)."""
+    """`auto` takes triton on a CUDA GPU, else onnxruntime when it is installed (faster per step
+    on CPU than torch, benchmarks/RESULTS.md), else torch."""
     if name not in BACKENDS:
         raise HmdfError(f"unknown backend {name!r}; this machine can run: {', '.join(available_backends())}")
     if not isinstance(model, DeployModel):  # a path: an .onnx file runs only in onnxruntime
         model = Path(model)
-        if name == "torch":
-            raise HmdfError("an .onnx file runs on the onnxruntime backend; pass the .hmdf file for --backend torch")
+        if name in ("torch", "triton"):
+            raise HmdfError(f"an .onnx file runs on the onnxruntime backend; pass the .hmdf file for --backend {name}")
         return OnnxBackend(model)
-    if name == "torch" or (name == "auto" and "onnxruntime" not in available_backends()):
+    if name == "auto":
+        name = next(b for b in ("triton", "onnxruntime", "torch") if b in available_backends()
+                    and (b != "triton" or torch.cuda.is_available()))
+    if name == "torch":
         return TorchBackend(model)
+    if name == "triton":
+        return TritonBackend(model)
     if "onnxruntime" not in available_backends():
         raise HmdfError(f"onnxruntime is not installed; this machine can run: {', '.join(available_backends())}")
     return OnnxBackend(model)
 
 
 def available_backends() -> list[str]:
-    return ["torch"] + (["onnxruntime"] if importlib.util.find_spec("onnxruntime") else [])
+    """The backends this machine can run (triton: a CUDA GPU, or TRITON_INTERPRET=1 on the CPU)."""
+    return (["torch"] + (["onnxruntime"] if importlib.util.find_spec("onnxruntime") else [])
+            + (["triton"] if triton_unavailable() is None else []))

@@ -1,0 +1,166 @@
+"""The synapse kernel: an implicit-GEMM convolution (a linear layer is its 1×1 case) over packed weights.
+
+    out[n, o, y, x] = scale_t[o] · Σ_k X[n, k; y, x] · W[o, k] + shift_t[o]      (SPEC §6)
+
+with k = (c, dy, dx) running over the receptive field; the input patch is gathered straight from
+the (N, C, H, W) tensor (no im2col copy). Weights stay packed in memory, one row of K = C·kh·kw
+codes per output channel:
+
+- "trit2": 1.5-bit codes, 4 per byte, 2-bit two's complement (the layout of `pack.pack_trits_2bit`);
+- "sign1": 1-bit codes, 8 per byte, bit = 1 ⇔ +1 (`pack.pack_signs`);
+- "fp32": dense float32 (layers left unquantized).
+
+Each tile of packed bytes is loaded once and decoded in registers with shifts and masks. When the
+input is uint8 4-bit codes and the weights are codes, the products go through an int8 dot with an
+int32 accumulator: exact, whatever the order (SPEC §6 "additions only"). Otherwise the dot runs in
+float32 ("ieee", no TF32) so results match the torch reference to float rounding.
+The epilogue applies the per-(t, channel) affine: rows n of step t = t0 + n // rows_per_step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from hmdf_deploy.deploy.pack import pack
+from hmdf_deploy.errors import HmdfError
+
+SCHEMES = {"fp32": 0, "sign1": 1, "trit2": 2}
+_SCHEME_OF = {"fp32": "fp32", "1bit": "sign1", "1.5bit": "trit2"}
+_PAD_CODE = {"sign1": 1, "trit2": 0}  # padding codes; their products are masked to zero anyway
+_PER_BYTE = {"sign1": 8, "trit2": 4}
+MAX_NUMEL = 2**31 - 1
+
+
+@dataclass
+class PackedWeight:
+    """A synapse's weights in the kernel's layout: one packed row per output channel."""
+
+    data: Tensor  # (O, row_bytes) uint8, or (O, K) float32 for "fp32"
+    scheme: str
+    out_channels: int
+    in_channels: int
+    kernel: tuple[int, int]  # (kh, kw); (1, 1) for a linear layer
+
+    @property
+    def K(self) -> int:
+        return self.in_channels * self.kernel[0] * self.kernel[1]
+
+
+def pack_weight(weight: Tensor, weights: str, device: torch.device | str = "cpu") -> PackedWeight:
+    """Pack a Synapse's `weight` ((O, C, kh, kw) or (O, K); int8 codes or float32) for `synapse`.
+
+    `weights` is the Synapse's "fp32", "1bit" or "1.5bit". Rows are padded to whole bytes.
+    """
+    scheme = _SCHEME_OF[weights]
+    O = weight.shape[0]
+    kernel = tuple(weight.shape[2:]) if weight.dim() == 4 else (1, 1)
+    flat = weight.reshape(O, -1)
+    if scheme == "fp32":
+        data = flat.to(torch.float32)
+    else:
+        per = _PER_BYTE[scheme]
+        padded = torch.nn.functional.pad(flat.to(torch.int8), (0, -flat.shape[1] % per), value=_PAD_CODE[scheme])
+        data = pack(padded, scheme).view(O, -1)
+    return PackedWeight(data.contiguous().to(device), scheme, O, weight.shape[1], kernel)
+
+
+@triton.jit
+def _unpacked_tile(w_ptr, o, k, omask, kmask, K, row_bytes, SCHEME: tl.constexpr):
+    """The (BLOCK_K, BLOCK_N) tile W[o, k]ᵀ decoded in registers (codes as int32, or float32)."""
+    mask = kmask[:, None] & omask[None, :]
+    if SCHEME == 0:
+        return tl.load(w_ptr + o[None, :] * K + k[:, None], mask=mask, other=0.0)
+    if SCHEME == 1:
+        byte = tl.load(w_ptr + o[None, :] * row_bytes + (k // 8)[:, None], mask=mask, other=0).to(tl.int32)
+        return 2 * ((byte >> (k % 8)[:, None]) & 1) - 1
+    byte = tl.load(w_ptr + o[None, :] * row_bytes + (k // 4)[:, None], mask=mask, other=0).to(tl.int32)
+    field = (byte >> (2 * (k % 4))[:, None]) & 3
+    return tl.where(field == 3, -1, field)
+
+
+@triton.jit
+def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr,
+                    M, O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes,
+                    rows_per_step, t0, aff_rows, aff_cols,
+                    KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask, omask = m < M, o < O
+    P = Ho * Wo
+    n, p = m // P, m % P
+    ih0 = (p // Wo) * stride - pad
+    iw0 = (p % Wo) * stride - pad
+    if INT:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        kmask = k < K
+        c, r = k // (KH * KW), k % (KH * KW)
+        ih = ih0[:, None] + (r // KW)[None, :]
+        iw = iw0[:, None] + (r % KW)[None, :]
+        xmask = mmask[:, None] & kmask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        xt = tl.load(x_ptr + ((n[:, None] * Cin + c[None, :]) * H + ih) * W + iw, mask=xmask, other=0)
+        wt = _unpacked_tile(w_ptr, o, k, omask, kmask, K, row_bytes, SCHEME)
+        if INT:
+            acc += tl.dot(xt.to(tl.int8), wt.to(tl.int8))
+        else:
+            acc += tl.dot(xt.to(tl.float32), wt.to(tl.float32), input_precision="ieee")
+    step = tl.minimum(t0 + m // rows_per_step, aff_rows - 1)[:, None]
+    col = tl.where(aff_cols > 1, o, 0)[None, :]
+    mask = mmask[:, None] & omask[None, :]
+    scale = tl.load(sc_ptr + step * aff_cols + col, mask=mask, other=0.0)
+    shift = tl.load(sh_ptr + step * aff_cols + col, mask=mask, other=0.0)
+    y = acc.to(tl.float32) * scale + shift
+    tl.store(out_ptr + (n[:, None] * O + o[None, :]) * P + p[:, None], y, mask=mask)
+
+
+def blocks(M: int, O: int, K: int, interpreted: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K): tiles of at least 16 (tl.dot's minimum), at most 64 on a GPU.
+    The interpreter runs each program in Python, so there larger tiles (fewer programs) are faster."""
+    def fit(n: int, high: int) -> int:
+        return max(16, min(high, triton.next_power_of_2(max(n, 1))))
+
+    if interpreted:
+        return fit(M, 256), fit(O, 128), fit(K, 128)
+    return fit(M, 64), fit(O, 64), 32
+
+
+def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride: int = 1, padding: int = 0,
+            t0: int = 0, steps: int = 1, tiles: tuple[int, int, int] | None = None) -> Tensor:
+    """scale_t ⊙ (W ⊛ x) + shift_t for x (N, C, H, W) (conv) or (N, K) (linear), float32 or uint8 codes.
+
+    The N rows are `steps` consecutive time steps of N / steps samples each, starting at step t0;
+    `scale`/`shift` are (R, O) or (R, 1) and step t reads row min(t, R − 1). Returns float32
+    (N, O, Ho, Wo) or (N, O).
+    """
+    linear = x.dim() == 2
+    N = x.shape[0]
+    Cin, H, W = (x.shape[1], 1, 1) if linear else x.shape[1:]
+    if Cin != w.in_channels:
+        raise ValueError(f"input has {Cin} channels, the weights expect {w.in_channels}")
+    (KH, KW), O = w.kernel, w.out_channels
+    Ho, Wo = (H + 2 * padding - KH) // stride + 1, (W + 2 * padding - KW) // stride + 1
+    out = torch.empty((N, O) if linear else (N, O, Ho, Wo), dtype=torch.float32, device=x.device)
+    if max(x.numel(), out.numel()) > MAX_NUMEL:
+        raise HmdfError("a layer's input or output has more elements than the triton kernels address (2**31); "
+                        "use a smaller batch")
+    M = N * Ho * Wo
+    if M == 0:
+        return out
+    scale, shift = scale.reshape(scale.shape[0], -1), shift.reshape(shift.shape[0], -1)
+    integer = x.dtype == torch.uint8 and w.scheme != "fp32"
+    BM, BN, BK = tiles or blocks(M, O, w.K, x.device.type == "cpu")
+    _synapse_kernel[(triton.cdiv(M, BM), triton.cdiv(O, BN))](
+        x.contiguous(), w.data, scale, shift, out,
+        M, O, w.K, Cin, H, W, Ho, Wo, stride, padding, w.data.shape[1],
+        M // max(steps, 1), t0, scale.shape[0], scale.shape[1],
+        KH=KH, KW=KW, SCHEME=SCHEMES[w.scheme], INT=integer, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK)
+    return out
