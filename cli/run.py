@@ -19,7 +19,8 @@ from hmdf_deploy.runtime.stream import StreamReport, expand_paths, stream
 def run(
     model_path: Path = typer.Argument(..., help="A .hmdf file or an exported ONNX step graph."),
     streams: List[Path] = typer.Option(..., "--stream", "-s", help="events.npz file(s) or a directory of them; repeatable."),
-    backend: str = typer.Option("auto", help=f"One of: {', '.join(BACKENDS)}."),
+    backend: str = typer.Option("auto", help=f"One of: {', '.join(BACKENDS)}. auto: triton on a CUDA GPU, "
+                                              "else onnxruntime."),
     policy: str = typer.Option("window", help="window: reset every T frames; continuous: keep the state."),
     time_window: Optional[int] = typer.Option(None, help="Bin events into frames of this many µs (default: T bins per file)."),
     event_count: Optional[int] = typer.Option(None, help="Bin events into frames of this many events."),

@@ -1,7 +1,8 @@
-"""Shared fixtures for the training, CLI and distributed tests."""
+"""Shared fixtures for the training, CLI and distributed tests, and the Triton interpreter switch."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from hmdf_deploy.data import load_dataset
+
+# Without a GPU the triton backend's kernels run in Triton's interpreter on CPU tensors. Set here,
+# before any test imports a kernel: Triton reads the variable when a kernel is defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _DATASET_CACHE: dict = {}
 

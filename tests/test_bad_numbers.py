@@ -18,7 +18,7 @@ from hmdf_deploy.models import ModelConfig
 from hmdf_deploy.runtime import Engine
 
 T, C, H, W, K = 3, 2, 8, 8, 5
-BACKENDS = ["torch", "onnxruntime"]
+BACKENDS = ["torch", "onnxruntime", "triton"]
 runner = CliRunner()
 
 

@@ -247,7 +247,7 @@ def _by_file(lines: list[dict]) -> tuple[dict, dict, dict]:
     return windows, summaries, lines[-1]
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "triton"])
 def test_run_directory_json(backend, world):
     lines = json_lines(hmdf("run", world["hmdf"], "--stream", world["folder"], "--json", "--backend", backend))
     # order: the windows of a file, then its summary, file by file (sorted by name), then accuracy
@@ -269,10 +269,11 @@ def test_run_directory_json(backend, world):
 
 
 def test_backends_and_onnx_file_agree(world):
-    """torch, onnxruntime on the .hmdf and onnxruntime on the exported .onnx report the same windows."""
+    """torch, onnxruntime and triton on the .hmdf and onnxruntime on the exported .onnx report the same windows."""
     runs = {
         "torch": json_lines(hmdf("run", world["hmdf"], "-s", world["folder"], "--json", "--backend", "torch")),
         "onnxruntime": json_lines(hmdf("run", world["hmdf"], "-s", world["folder"], "--json", "--backend", "onnxruntime")),
+        "triton": json_lines(hmdf("run", world["hmdf"], "-s", world["folder"], "--json", "--backend", "triton")),
         "onnx-file": json_lines(hmdf("run", world["onnx"], "-s", world["folder"], "--json")),
     }
     base = [w for w in runs["torch"] if "window" in w]
@@ -514,9 +515,17 @@ def test_unknown_policy(world):
                       "unknown policy 'sliding'", "window, continuous")
 
 
-def test_onnx_model_with_torch_backend(world):
-    assert_user_error(hmdf("run", world["onnx"], "--stream", world["files"][0], "--backend", "torch"),
-                      "onnxruntime backend")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_onnx_model_with_another_backend(backend, world):
+    assert_user_error(hmdf("run", world["onnx"], "--stream", world["files"][0], "--backend", backend),
+                      "onnxruntime backend", f"--backend {backend}")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_triton_backend_without_a_gpu(world, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert_user_error(hmdf("run", world["hmdf"], "--stream", world["files"][0], "--backend", "triton"),
+                      "needs a CUDA GPU", "TRITON_INTERPRET=1")
 
 
 def test_sequence_graph_is_refused(world):

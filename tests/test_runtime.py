@@ -29,6 +29,7 @@ from hmdf_deploy.exporters.onnx import build_onnx, export
 from hmdf_deploy.models import ModelConfig
 from hmdf_deploy.runtime import BACKENDS, POLICIES, Engine, StepResult, available_backends
 from hmdf_deploy.runtime.backends import OnnxBackend, TorchBackend, make_backend
+from hmdf_deploy.runtime.triton_backend import TritonBackend
 from hmdf_deploy.runtime.stream import StreamReport, expand_paths, stream
 
 #: ONNX and torch accumulate in different orders: logits agree to float rounding, relative to the logit scale.
@@ -78,7 +79,7 @@ CASES = {
                                                   input_size=(8, 8), weights="1.5bit", spikes="4bit",
                                                   parallel=True, T=2), False, 1),
 }
-BACKEND_KINDS = ("torch", "onnxruntime", "onnx-file")
+BACKEND_KINDS = ("torch", "onnxruntime", "onnx-file", "triton")  # triton: in the interpreter without a GPU
 
 _MODELS: dict = {}
 
@@ -111,7 +112,7 @@ def engine_for(onnx_files):
             engine = Engine(onnx_files(name), "onnxruntime", policy)
         else:
             engine = Engine(model(name), kind, policy)
-        expected = {"torch": TorchBackend, "onnxruntime": OnnxBackend, "onnx-file": OnnxBackend}[kind]
+        expected = {"torch": TorchBackend, "onnxruntime": OnnxBackend, "onnx-file": OnnxBackend, "triton": TritonBackend}[kind]
         assert isinstance(engine.backend, expected)
         return engine
 
@@ -188,7 +189,7 @@ def test_hmdf_file_round_trip_runs_the_same(kind, tmp_path, engine_for):
         engine = Engine(source, "auto")
     else:
         engine = Engine(loaded, kind)
-    assert engine.backend.name == ("torch" if kind == "torch" else "onnxruntime")
+    assert engine.backend.name == ("onnxruntime" if kind == "onnx-file" else kind)
     assert_logits_close(np.stack([engine.step(x[t].numpy()).logits for t in range(loaded.T)]), want, kind)
 
 
@@ -242,7 +243,7 @@ def test_window_policy_partial_window_then_reset(engine_for):
     assert_logits_close(got, Reference(deploy).run(x), "after reset")
 
 
-@pytest.mark.parametrize("kind", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("kind", ["torch", "onnxruntime", "triton"])
 def test_engine_run_leaves_the_stream_untouched(kind, engine_for):
     """engine.py documents `run` as 'from a fresh state (the stream is untouched)': a `run` in the
     middle of a stream must not change the logits of the stream's next steps."""
@@ -347,7 +348,7 @@ def test_continuous_policy_by_hand(kind, tmp_path):
     assert engine.run(hand_frames()).reshape(5, 2).tolist() == CONTINUOUS
 
 
-@pytest.mark.parametrize("kind", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("kind", ["torch", "onnxruntime", "triton"])
 def test_window_policy_by_hand(kind):
     engine = Engine(hand_model(), kind, "window")
     results = [engine.step(frame) for frame in hand_frames()]
@@ -363,7 +364,7 @@ def test_hand_model_batches_independently():
     """Two samples in one batch: each follows its own recurrence (the second is all zeros:
     I = shift, so s_0 = max([0, .25] − 1, 0) = 0, then row 1: m = [.5, .25·.5 + 0], s = [0, 0])."""
     frames = np.concatenate([hand_frames(), np.zeros_like(hand_frames())], axis=1)
-    for kind in ("torch", "onnxruntime"):
+    for kind in ("torch", "onnxruntime", "triton"):
         engine = Engine(hand_model(), kind, "continuous")
         got = np.stack([engine.step(f).logits for f in frames])
         assert got[:, 0].tolist() == CONTINUOUS
@@ -372,36 +373,65 @@ def test_hand_model_batches_independently():
 
 
 # ---------------------------------------------------------------------------- make_backend
-def test_available_backends():
-    assert available_backends() == ["torch", "onnxruntime"]
-    assert BACKENDS == ("auto", "torch", "onnxruntime") and POLICIES == ("window", "continuous")
+def test_available_backends(monkeypatch):
+    assert BACKENDS == ("auto", "torch", "onnxruntime", "triton") and POLICIES == ("window", "continuous")
+    # conftest.py sets TRITON_INTERPRET=1 on machines without a GPU, so triton runs everywhere here
+    assert available_backends() == ["torch", "onnxruntime", "triton"]
+    if not torch.cuda.is_available():
+        monkeypatch.delenv("TRITON_INTERPRET")
+        assert available_backends() == ["torch", "onnxruntime"]
 
 
 def test_make_backend_choices(monkeypatch):
     deploy = hand_model()
     assert isinstance(make_backend(deploy, "torch"), TorchBackend)
     assert isinstance(make_backend(deploy, "onnxruntime"), OnnxBackend)
-    assert isinstance(make_backend(deploy), OnnxBackend)  # auto prefers onnxruntime when installed
+    assert isinstance(make_backend(deploy, "triton"), TritonBackend)
+    if not torch.cuda.is_available():  # auto never picks the (slow) interpreter ...
+        assert isinstance(make_backend(deploy), OnnxBackend)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert isinstance(make_backend(deploy), TritonBackend)  # ... but triton first on a GPU
     monkeypatch.setattr(backends_module, "available_backends", lambda: ["torch"])
     assert isinstance(make_backend(deploy, "auto"), TorchBackend)
     with pytest.raises(HmdfError, match="onnxruntime is not installed; this machine can run: torch$"):
         make_backend(deploy, "onnxruntime")
 
 
-@pytest.mark.parametrize("name", ["tensorrt", "", "Torch", "triton"])
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_triton_without_a_gpu_says_so_in_one_line(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(HmdfError) as e:
+        make_backend(hand_model(), "triton")
+    assert str(e.value) == ("the triton backend needs a CUDA GPU and this machine has none; choose --backend torch "
+                            "or onnxruntime, or set TRITON_INTERPRET=1 to run its kernels on the CPU (slow, for testing)")
+    assert isinstance(make_backend(hand_model()), OnnxBackend)
+
+
+def test_triton_not_installed_says_so(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find_spec(name, *a))
+    with pytest.raises(HmdfError, match=r"^the triton backend needs the triton package: pip install 'hmdf\[triton\]'"):
+        make_backend(hand_model(), "triton")
+    assert "triton" not in available_backends()
+
+
+@pytest.mark.parametrize("name", ["tensorrt", "", "Torch", "cuda"])
 def test_make_backend_unknown_lists_the_available(name):
     with pytest.raises(HmdfError) as e:
         make_backend(hand_model(), name)
     assert f"unknown backend {name!r}" in str(e.value)
-    assert str(e.value).endswith("this machine can run: torch, onnxruntime")
+    assert str(e.value).endswith("this machine can run: torch, onnxruntime, triton")
     with pytest.raises(HmdfError, match="unknown backend"):
         Engine(hand_model(), name)
 
 
-def test_make_backend_refuses_torch_for_an_onnx_file(tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_make_backend_refuses_an_onnx_file_outside_onnxruntime(backend, tmp_path):
     [path] = export(hand_model(), tmp_path / "m.onnx", graph="step")
-    with pytest.raises(HmdfError, match=r"\.onnx file runs on the onnxruntime backend"):
-        make_backend(path, "torch")
+    with pytest.raises(HmdfError, match=rf"\.onnx file runs on the onnxruntime backend; pass the \.hmdf file for --backend {backend}"):
+        make_backend(path, backend)
     assert isinstance(make_backend(path, "auto"), OnnxBackend)
     assert isinstance(make_backend(path, "onnxruntime"), OnnxBackend)
 

@@ -61,8 +61,8 @@ class TritonBackend:
         """Each node's tensors once, on the device and in the kernels' layouts."""
         f32 = {"device": self.device, "dtype": torch.float32}
         if isinstance(n, Synapse):
-            return (self.k.pack_weight(n.weight, n.weights, self.device),
-                    n.scale.to(**f32).contiguous(), n.shift.to(**f32).contiguous())
+            scale, shift = torch.broadcast_tensors(n.scale.to(**f32), n.shift.to(**f32))
+            return self.k.pack_weight(n.weight, n.weights, self.device), scale.contiguous(), shift.contiguous()
         if isinstance(n, Neuron):
             return self.k.NeuronParams.from_node(n, self.device)
         if isinstance(n, SECA):
@@ -85,7 +85,7 @@ class TritonBackend:
 
         logits = self._forward(x, t, 1, neuron)
         self.state = state
-        return logits.reshape(x.shape[0], -1).cpu().numpy()
+        return logits.cpu().numpy()
 
     @torch.no_grad()
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -100,7 +100,7 @@ class TritonBackend:
             return s.reshape(T * B, *s.shape[2:])
 
         logits = self._forward(x.reshape(T * B, *x.shape[2:]), 0, T, neuron)
-        return logits.reshape(T, B, -1).cpu().numpy()
+        return logits.reshape(T, B, *logits.shape[1:]).cpu().numpy()
 
     def _forward(self, x: Tensor, t0: int, steps: int, neuron) -> Tensor:
         """The graph over N = steps · B rows; `neuron(n, i)` runs a neuron node in the caller's form."""

@@ -83,7 +83,7 @@ def _unpacked_tile(w_ptr, o, k, omask, kmask, K, row_bytes, SCHEME: tl.constexpr
     return tl.where(field == 3, -1, field)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t0"])  # one compiled kernel for every step of a stream
 def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr,
                     M, O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes,
                     rows_per_step, t0, aff_rows, aff_cols,
@@ -138,7 +138,7 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
     """scale_t ⊙ (W ⊛ x) + shift_t for x (N, C, H, W) (conv) or (N, K) (linear), float32 or uint8 codes.
 
     The N rows are `steps` consecutive time steps of N / steps samples each, starting at step t0;
-    `scale`/`shift` are (R, O) or (R, 1) and step t reads row min(t, R − 1). Returns float32
+    `scale`/`shift` are each (R, O) or (R, 1), R ∈ {1, T}, and step t reads row min(t, R − 1). Returns float32
     (N, O, Ho, Wo) or (N, O).
     """
     linear = x.dim() == 2
@@ -152,10 +152,13 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
     if max(x.numel(), out.numel()) > MAX_NUMEL:
         raise HmdfError("a layer's input or output has more elements than the triton kernels address (2**31); "
                         "use a smaller batch")
+    if N % max(steps, 1):
+        raise ValueError(f"{N} rows do not split into {steps} steps")
     M = N * Ho * Wo
     if M == 0:
         return out
-    scale, shift = scale.reshape(scale.shape[0], -1), shift.reshape(shift.shape[0], -1)
+    # one (R, O') layout for both (no copy when they already share it, as the backend's do)
+    scale, shift = (t.contiguous() for t in torch.broadcast_tensors(scale, shift))
     integer = x.dtype == torch.uint8 and w.scheme != "fp32"
     BM, BN, BK = tiles or blocks(M, O, w.K, x.device.type == "cpu")
     _synapse_kernel[(triton.cdiv(M, BM), triton.cdiv(O, BN))](

@@ -45,19 +45,20 @@ class NeuronParams:
     leak: Tensor | None  # (R, C'); None for parallel neurons
     in_scale: Tensor | None  # (R, C')
     in_shift: Tensor | None
+    #: SPEC §7: the min-affine scan needs an HM-DF neuron with λ̂ ≥ 0 in every step and channel
+    #: (decided once here: on a GPU each look at the values is a wait for the device).
+    scannable: bool = False
 
     @classmethod
     def from_node(cls, n: Neuron, device: torch.device | str) -> "NeuronParams":
         def prep(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device=device, dtype=torch.float32).reshape(t.shape[0], -1).contiguous()
 
+        k, c = prep(n.in_scale), prep(n.in_shift)
+        if k is not None:  # the kernels index both with one (R, C') layout
+            k, c = (t.contiguous() for t in torch.broadcast_tensors(k, c))
         return cls(_MODELS[n.model], n.spikes == "4bit" and n.model != "lif",
-                   prep(n.threshold), prep(n.leak), prep(n.in_scale), prep(n.in_shift))
-
-    @property
-    def scannable(self) -> bool:
-        """SPEC §7: the min-affine scan needs an HM-DF neuron with λ̂ ≥ 0 in every step and channel."""
-        return self.model == HMDF and bool((self.leak >= 0).all())
+                   prep(n.threshold), prep(n.leak), k, c, n.model == "hmdf" and bool((n.leak >= 0).all()))
 
 
 # -------------------------------------------------------------------------------- jit helpers
@@ -85,7 +86,7 @@ def _compose(a1, b1, c1, a2, b2, c2):
 
 
 # ------------------------------------------------------------------------------------ kernels
-@triton.jit
+@triton.jit(do_not_specialize=["t0"])  # one compiled kernel for every step of a stream
 def _steps_kernel(i_ptr, s_ptr, v_in_ptr, v_out_ptr,
                   th_ptr, th_rows, lk_ptr, lk_rows, lk_cols, k_ptr, c_ptr, aff_rows, aff_cols,
                   N, C, S, T, t0,

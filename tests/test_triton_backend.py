@@ -1,0 +1,75 @@
+"""The triton backend end to end: the Engine on the Triton kernels against the torch backend, for
+every model kind of the deployment contract (tests/test_equivalence.py CASES: VGG and ResNet-18/19/34,
+every weight and spike mode, HM-DF / LIF / Parallel neurons, Mem-BN, SECA I and II, pools, stems,
+static and event input). Without a GPU the kernels run in Triton's interpreter (conftest.py).
+
+Float32 executors that accumulate in different orders differ by rounding, which deep random
+networks amplify; so each is measured against the float64 reference and the triton backend may
+be off by at most a small multiple of the torch backend's own float32 error (or 1e-4 of the
+logit scale). On these cases that holds with room to spare: 4-bit models agree exactly.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import nets
+import numpy as np
+import pytest
+import torch
+
+if sys.platform != "linux":  # triton publishes wheels for Linux only
+    pytest.skip("triton is Linux-only", allow_module_level=True)
+
+from test_equivalence import CASES
+
+from hmdf_deploy.deploy import Reference
+from hmdf_deploy.runtime import Engine
+from hmdf_deploy.runtime.triton_backend import TritonBackend
+
+RTOL = 1e-4
+FLOAT_ERROR_FACTOR = 4.0
+KINDS = [pytest.param(*c.values, id=c.id, marks=[pytest.mark.slow] if "resnet" in c.id else []) for c in CASES]
+
+
+def check_close(got: np.ndarray, truth: torch.Tensor, yardstick: np.ndarray, what: str) -> None:
+    """`got` is as close to the float64 `truth` as the torch backend's float32 `yardstick` allows."""
+    truth = truth.numpy()
+    scale = max(1.0, float(np.abs(truth).max()))
+    allowed = RTOL * scale + FLOAT_ERROR_FACTOR * float(np.abs(yardstick - truth).max())
+    err = float(np.abs(got - truth).max())
+    assert got.shape == truth.shape, (what, got.shape, truth.shape)
+    assert err <= allowed, f"{what}: max |Δ| to float64 {err:.3e}, allowed {allowed:.3e} (scale {scale:.3g})"
+
+
+@pytest.mark.parametrize("cfg, event, batch", KINDS)
+def test_triton_engine_equals_torch_engine(cfg, event, batch):
+    deploy = nets.make_deploy(cfg, event, seed=0)
+    x = nets.inputs(cfg, event, batch, torch.Generator().manual_seed(1))
+    truth = Reference(deploy, torch.float64).run(x.double())
+    torch_engine, triton_engine = Engine(deploy, "torch"), Engine(deploy, "triton")
+    assert isinstance(triton_engine.backend, TritonBackend)
+    want = torch_engine.run(x.numpy())
+
+    steps = np.stack([triton_engine.step(x[t].numpy()).logits for t in range(cfg.T)])
+    check_close(steps, truth, want, "step by step")
+    check_close(triton_engine.run(x.numpy()), truth, want, "whole window")
+    if cfg.spikes == "4bit":  # integer codes between layers: no rounding to disagree about
+        np.testing.assert_allclose(steps, want, rtol=0, atol=RTOL * max(1.0, float(np.abs(want).max())))
+
+
+# Small ones: Triton's interpreter runs a scan with a custom combine element by element.
+SCAN_KINDS = [c for c in KINDS if c.id in ("vgg-avg-fp32-float", "vgg-max-1.5bit-float-membn")]
+
+
+@pytest.mark.parametrize("cfg, event, batch", SCAN_KINDS)
+def test_scan_backend_equals_torch_engine(cfg, event, batch):
+    """`TritonBackend(scan=True)` runs whole windows by the SPEC §7 scan (float spikes: a 4-bit code
+    may legitimately flip at a rounding tie, which the kernel tests bound instead)."""
+    deploy = nets.make_deploy(cfg, event, seed=0)
+    x = nets.inputs(cfg, event, batch, torch.Generator().manual_seed(2))
+    truth = Reference(deploy, torch.float64).run(x.double())
+    want = Engine(deploy, "torch").run(x.numpy())
+    backend = TritonBackend(deploy, scan=True)
+    assert any(backend.layers[n.name].scannable for n in deploy.neurons), "no neuron takes the scan"
+    check_close(backend.run(x.numpy()), truth, want, "scan")

@@ -1,0 +1,293 @@
+"""The Triton kernels (`hmdf_deploy.runtime.kernels`) against torch, one kernel at a time.
+
+Without a GPU they run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set by
+conftest.py), which also checks every int32 operation for overflow. Sizes are odd and blocks
+small, so every tile has masked lanes at its edges.
+
+- neuron steps: bit-equal to `Reference.step` (same operations in the same order), for every
+  neuron model, spike mode, parameter shape, streams past the trained T, state in and out;
+- scan: equal to the step loop up to float reassociation (SPEC §7): spikes to 1e-5, 4-bit codes
+  identical except within 1e-4 of a rounding boundary;
+- synapse: exact on integer 4-bit codes (compared with float64 torch), float32 rounding otherwise,
+  for every packing scheme, conv geometry and the linear case, with per-step affine rows.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if sys.platform != "linux":  # triton publishes wheels for Linux only
+    pytest.skip("triton is Linux-only", allow_module_level=True)
+
+from hmdf_deploy.deploy.graph import DeployModel, Flatten, Neuron
+from hmdf_deploy.deploy.pack import unpack
+from hmdf_deploy.deploy.reference import Reference
+from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.runtime.kernels import NeuronParams, neuron_scan, neuron_steps, pack_weight, synapse
+
+SHAPE = (3, 5, 7, 3)  # (B, C, H, W): 315 elements per step, masked lanes in blocks of 64
+
+
+# ------------------------------------------------------------------------------------ neurons
+def neuron(model: str, spikes: str, rows: int, cols: str, affine: bool, g: torch.Generator, C: int = SHAPE[1],
+           negative_leak: bool = True) -> Neuron:
+    """A Neuron node with random per-step parameters; `cols` "C" (per channel), "1" (shared), or
+    "mixed": in_scale (rows, 1) beside in_shift (1, C), as a fold may leave them."""
+    width = C if cols == "C" else 1
+    low = -0.4 if negative_leak else 0.0
+
+    def draw(lo: float, hi: float, r: int = rows, w: int = width) -> torch.Tensor:
+        return torch.empty(r, w).uniform_(lo, hi, generator=g)
+
+    shift_shape = (1, C) if cols == "mixed" else (rows, width)
+    return Neuron("n", ["input"], model, spikes,
+                  threshold=torch.empty(rows).uniform_(0.3, 1.2, generator=g),
+                  leak=None if model == "parallel" else draw(low, 1.1),
+                  in_scale=draw(-0.5, 1.5) if affine else None,
+                  in_shift=draw(-0.3, 0.6, *shift_shape) if affine else None)
+
+
+def reference_steps(n: Neuron, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`Reference.step` over x (T, B, C, ...) from v = 0: spikes (T, B, C, ...) and the last state."""
+    shape = tuple(x.shape[2:])
+    model = DeployModel(T=max(n.threshold.shape[0], 1), input_shape=shape if len(shape) == 3 else (shape[0], 1, 1),
+                        event=True, num_classes=math.prod(shape), nodes=[n, Flatten("f", ["n"])], output="f")
+    ref, state, outs = Reference(model), {}, []
+    for t in range(x.shape[0]):
+        xt = x[t] if len(shape) == 3 else x[t].reshape(x.shape[1], shape[0], 1, 1)
+        out, state = ref.step(xt, state, t)
+        outs.append(out.reshape(x.shape[1:]))
+    v = state.get("n")
+    return torch.stack(outs), None if v is None else v.reshape(x.shape[1:])
+
+
+def currents(T: int, g: torch.Generator, shape=SHAPE) -> torch.Tensor:
+    return torch.randn(T, *shape, generator=g) * 1.5 + 0.5
+
+
+MODES = [("hmdf", "float"), ("hmdf", "4bit"), ("lif", "float"), ("lif", "4bit"), ("parallel", "float"), ("parallel", "4bit")]
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("rows, cols", [(4, "C"), (1, "C"), (4, "1"), (4, "mixed")])
+@pytest.mark.parametrize("model, spikes", MODES)
+def test_neuron_step_by_step_equals_reference(model, spikes, rows, cols, affine):
+    """One kernel launch per step with the state carried, 7 steps of a T = 4 model (3 past T)."""
+    g = torch.Generator().manual_seed(1)
+    n = neuron(model, spikes, rows, cols, affine, g)
+    p = NeuronParams.from_node(n, "cpu")
+    x = currents(7, g)
+    want, want_v = reference_steps(n, x)
+    v, got = None, []
+    for t in range(7):
+        s, v_next = neuron_steps(x[t:t + 1], p, t, v, block=64)
+        if v is not None:
+            before = v.clone()
+        got.append(s[0])
+        if v is not None:
+            assert torch.equal(v, before), "the kernel must not write into the state it was given"
+        v = v_next
+    got = torch.stack(got)
+    codes = spikes == "4bit" and model != "lif"
+    assert got.dtype == (torch.uint8 if codes else torch.float32)
+    assert torch.equal(got.float(), want), f"max |Δ| {(got.float() - want).abs().max()}"
+    assert (v is None) == (model == "parallel")
+    if v is not None:
+        assert torch.equal(v, want_v)
+    assert float((want != 0).float().mean()) > 0.1, "the case should fire"
+    if codes:
+        assert int(got.max()) >= 3  # graded codes occur
+
+
+@pytest.mark.parametrize("model, spikes", MODES)
+def test_neuron_loop_over_steps_and_resume(model, spikes):
+    """All steps in one launch (the sequence form), and a stream resumed from a saved state at t0."""
+    g = torch.Generator().manual_seed(2)
+    n = neuron(model, spikes, 5, "C", True, g)
+    p = NeuronParams.from_node(n, "cpu")
+    x = currents(9, g, (4, 5))  # a linear layer's (B, C) output, 9 steps of a T = 5 model
+    want, want_v = reference_steps(n, x)
+    got, v = neuron_steps(x, p, block=16)
+    assert torch.equal(got.float(), want)
+    head, v3 = neuron_steps(x[:3], p, block=16)
+    tail, v_end = neuron_steps(x[3:], p, t0=3, v=v3, block=16)
+    assert torch.equal(torch.cat([head, tail]).float(), want)
+    if model != "parallel":
+        assert torch.equal(v, want_v) and torch.equal(v_end, want_v)
+    _, no_state = neuron_steps(x, p, keep_state=False)
+    assert no_state is None
+
+
+def test_spike_codes_round_half_to_even_at_every_boundary():
+    """SPEC §1.2 decision: codes are clamp(round(4 s), 0, 15) with torch.round (half to even),
+    also one float step either side of each half and far outside [0, 15]."""
+    halves = torch.arange(-8, 140, dtype=torch.float32) / 8  # 4s = k/2: every half and integer
+    near = torch.cat([torch.nextafter(halves, halves + 1), torch.nextafter(halves, halves - 1)])
+    s = torch.cat([halves, near, torch.tensor([1e6, 3.875, 3.874999, 0.125, 1e-30])])
+    # a parallel neuron with θ = 0 sends s = relu(x): its code is the quantizer of s itself
+    n = Neuron("n", ["input"], "parallel", "4bit", threshold=torch.zeros(1))
+    got, _ = neuron_steps(s.reshape(1, 1, -1), NeuronParams.from_node(n, "cpu"), block=64)
+    want = torch.clamp(torch.round(torch.relu(s) * 4), 0, 15)
+    assert torch.equal(got.reshape(-1).float(), want)
+    assert got.dtype == torch.uint8
+
+
+def test_zero_steps_or_zero_batch():
+    g = torch.Generator().manual_seed(3)
+    p = NeuronParams.from_node(neuron("hmdf", "4bit", 2, "C", False, g), "cpu")
+    v = torch.rand(3, 5, 7, 3, generator=g)
+    s, v_out = neuron_steps(torch.zeros(0, *SHAPE), p, 0, v)
+    assert s.shape == (0, *SHAPE) and torch.equal(v_out, v)
+    s, v_out = neuron_steps(torch.zeros(1, 0, 5, 7, 3), p, 0, None)
+    assert s.shape == (1, 0, 5, 7, 3) and v_out.shape == (0, 5, 7, 3)
+
+
+# --------------------------------------------------------------------------------------- scan
+@pytest.mark.parametrize("T, block_t", [(1, 8), (8, 8), (37, 8), (20, 32)])
+@pytest.mark.parametrize("rows, cols, affine", [(None, "C", True), (1, "1", False), (None, "mixed", True)])
+def test_scan_equals_the_loop(T, block_t, rows, cols, affine):
+    """SPEC §7: the scan over blocks of `block_t` steps, carried across blocks, gives the loop's
+    spikes up to reassociation; 4-bit codes differ only at rounding boundaries, by one."""
+    g = torch.Generator().manual_seed(T)
+    n = neuron("hmdf", "float", rows or T, cols, affine, g, negative_leak=False)
+    x = currents(T, g, (2, 5, 3, 3))  # 90 elements: a full block of 64 and a masked one
+    loop, _ = neuron_steps(x, NeuronParams.from_node(n, "cpu"), keep_state=False)
+    scan = neuron_scan(x, NeuronParams.from_node(n, "cpu"), block_t=block_t, block_n=64)
+    torch.testing.assert_close(scan, loop, rtol=0, atol=1e-5 * max(1.0, float(loop.abs().max())))
+    assert float((loop > 0).float().mean()) > 0.1
+
+    n.spikes = "4bit"
+    codes = neuron_scan(x, NeuronParams.from_node(n, "cpu"), block_t=block_t, block_n=64).float()
+    want, _ = neuron_steps(x, NeuronParams.from_node(n, "cpu"), keep_state=False)
+    differ = codes != want.float()
+    assert int((codes - want.float()).abs().max()) <= 1
+    boundary = ((4 * loop - torch.floor(4 * loop) - 0.5).abs() < 1e-4) & (4 * loop < 15.5)
+    assert not bool((differ & ~boundary).any()), "codes differ away from a rounding boundary"
+
+
+@pytest.mark.parametrize("model", ["lif", "parallel", "negative-leak"])
+def test_scan_refuses_what_it_cannot_compute(model):
+    g = torch.Generator().manual_seed(4)
+    n = neuron("hmdf" if model == "negative-leak" else model, "float", 3, "C", False, g)
+    if model == "negative-leak":
+        n.leak[1, 2] = -0.1
+    p = NeuronParams.from_node(n, "cpu")
+    assert not p.scannable
+    with pytest.raises(ValueError, match="non-negative leak"):
+        neuron_scan(currents(3, g), p)
+
+
+# -------------------------------------------------------------------------------------- synapse
+def codes_for(weights: str, shape: tuple, g: torch.Generator) -> torch.Tensor:
+    if weights == "fp32":
+        return torch.randn(shape, generator=g)
+    if weights == "1bit":
+        return (torch.randint(0, 2, shape, generator=g) * 2 - 1).to(torch.int8)
+    return torch.randint(-1, 2, shape, generator=g).to(torch.int8)
+
+
+def activations(kind: str, shape: tuple, g: torch.Generator) -> torch.Tensor:
+    """uint8 4-bit codes (about half zero, as spikes are) or float graded spikes / images."""
+    if kind == "codes":
+        return (torch.randint(0, 16, shape, generator=g) * torch.randint(0, 2, shape, generator=g)).to(torch.uint8)
+    return torch.relu(torch.randn(shape, generator=g))
+
+
+def affine_reference(acc: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, t0: int, steps: int) -> torch.Tensor:
+    """scale_t ⊙ acc + shift_t in float32, rows of step t = t0 + n // (N / steps) using row min(t, R − 1)."""
+    per = acc.shape[0] // steps
+    t = torch.clamp(t0 + torch.arange(acc.shape[0]) // per, max=scale.shape[0] - 1)
+    extra = [1] * (acc.dim() - 2)
+    sc, sh = scale[t].reshape(acc.shape[0], -1, *extra), shift[t].reshape(acc.shape[0], -1, *extra)
+    return acc.to(torch.float32) * sc + sh
+
+
+GEOMETRIES = [  # (C_in, H, W, O, kh, kw, stride, padding)
+    (3, 7, 5, 5, 3, 3, 1, 1),
+    (19, 9, 9, 37, 3, 3, 2, 1),
+    (4, 6, 6, 17, 1, 1, 1, 0),
+    (2, 11, 8, 6, 5, 3, 2, 2),
+    (3, 13, 13, 8, 7, 7, 2, 3),
+]
+TILES = [None, (16, 16, 32)]  # the interpreter's default tiles, and a GPU-sized tiling
+
+
+@pytest.mark.parametrize("tiles", TILES, ids=["default-tiles", "small-tiles"])
+@pytest.mark.parametrize("inputs", ["codes", "float"])
+@pytest.mark.parametrize("weights", ["1.5bit", "1bit", "fp32"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "c{}-{}x{}-o{}-k{}x{}-s{}-p{}".format(*g))
+def test_conv_equals_torch(geometry, weights, inputs, tiles):
+    cin, h, w_, o, kh, kw, stride, padding = geometry
+    g = torch.Generator().manual_seed(cin * 100 + o)
+    steps, batch = 3, 2
+    weight = codes_for(weights, (o, cin, kh, kw), g)
+    x = activations(inputs, (steps * batch, cin, h, w_), g)
+    scale, shift = torch.rand(2, o, generator=g) + 0.1, torch.randn(2, o, generator=g)  # R = 2 < steps
+    got = synapse(x, pack_weight(weight, weights), scale, shift, stride=stride, padding=padding,
+                  t0=1, steps=steps, tiles=tiles)
+    acc = F.conv2d(x.double(), weight.double(), stride=stride, padding=padding)
+    want = affine_reference(acc, scale, shift, 1, steps)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    if inputs == "codes" and weights != "fp32":  # integers: the accumulator is exact
+        assert torch.equal(got, want)
+    else:
+        bound = F.conv2d(x.double().abs(), weight.double().abs(), stride=stride, padding=padding)
+        tol = affine_reference(bound, scale, torch.zeros_like(shift), 1, steps) * 1e-6 + 1e-6
+        assert bool(((got.double() - want.double()).abs() <= tol).all())
+
+
+@pytest.mark.parametrize("tiles", TILES, ids=["default-tiles", "small-tiles"])
+@pytest.mark.parametrize("inputs", ["codes", "float"])
+@pytest.mark.parametrize("weights", ["1.5bit", "1bit", "fp32"])
+def test_linear_equals_torch(weights, inputs, tiles):
+    g = torch.Generator().manual_seed(7)
+    weight = codes_for(weights, (37, 203), g)
+    x = activations(inputs, (5, 203), g)
+    scale, shift = torch.rand(1, 1, generator=g) + 0.1, torch.randn(1, 37, generator=g)  # a shared scale column
+    got = synapse(x, pack_weight(weight, weights), scale, shift, tiles=tiles)
+    want = affine_reference(x.double() @ weight.double().T, scale.expand(1, 37), shift, 0, 1)
+    if inputs == "codes" and weights != "fp32":
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights, scheme, per_byte", [("1.5bit", "trit2", 4), ("1bit", "sign1", 8)])
+def test_weights_stay_packed(weights, scheme, per_byte):
+    """The device holds 2 (trits) or 1 (signs) bits per weight, one whole-byte row per output channel."""
+    g = torch.Generator().manual_seed(8)
+    weight = codes_for(weights, (6, 7, 3, 3), g)  # K = 63: rows end in a partial byte
+    packed = pack_weight(weight, weights)
+    assert packed.data.dtype == torch.uint8 and packed.data.shape == (6, math.ceil(63 / per_byte))
+    for o in range(6):
+        assert torch.equal(unpack(packed.data[o], 63 + (-63 % per_byte), scheme)[:63], weight[o].reshape(-1))
+
+
+def test_synapse_errors_and_empty_batch():
+    g = torch.Generator().manual_seed(9)
+    w = pack_weight(codes_for("1.5bit", (4, 3, 3, 3), g), "1.5bit")
+    scale, shift = torch.ones(1, 4), torch.zeros(1, 4)
+    with pytest.raises(ValueError, match="input has 2 channels, the weights expect 3"):
+        synapse(torch.zeros(1, 2, 5, 5), w, scale, shift)
+    with pytest.raises(ValueError, match="5 rows do not split into 2 steps"):
+        synapse(torch.zeros(5, 3, 5, 5), w, scale, shift, steps=2)
+    assert synapse(torch.zeros(0, 3, 5, 5), w, scale, shift, padding=1).shape == (0, 4, 5, 5)
+
+
+def test_too_large_for_int32_offsets_is_one_error(monkeypatch):
+    import hmdf_deploy.runtime.kernels.gemm as gemm
+    import hmdf_deploy.runtime.kernels.neuron as neuron_module
+
+    monkeypatch.setattr(gemm, "MAX_NUMEL", 100)
+    monkeypatch.setattr(neuron_module, "MAX_NUMEL", 100)
+    w = pack_weight(torch.ones(4, 3, 3, 3, dtype=torch.int8), "1bit")
+    with pytest.raises(HmdfError, match="2\\*\\*31.*smaller batch"):
+        synapse(torch.zeros(2, 3, 5, 5), w, torch.ones(1, 4), torch.zeros(1, 4))
+    p = NeuronParams.from_node(neuron("hmdf", "float", 1, "C", False, torch.Generator().manual_seed(0)), "cpu")
+    with pytest.raises(HmdfError, match="2\\*\\*31.*smaller batch"):
+        neuron_steps(torch.zeros(1, *SHAPE), p)
