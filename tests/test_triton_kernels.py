@@ -9,13 +9,19 @@ small, so every tile has masked lanes at its edges.
 - scan: equal to the step loop up to float reassociation (SPEC §7): spikes to 1e-5, 4-bit codes
   identical except within 1e-4 of a rounding boundary;
 - synapse: exact on integer 4-bit codes (compared with float64 torch), float32 rounding otherwise,
-  for every packing scheme, conv geometry and the linear case, with per-step affine rows.
+  for every packing scheme, conv geometry and the linear case, with per-step affine rows;
+- compiled mode, which the interpreter never exercises: every kernel variant compiles for an H100 /
+  H200 (sm_90) here, without a GPU, and its PTX does what the design says.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -291,3 +297,27 @@ def test_too_large_for_int32_offsets_is_one_error(monkeypatch):
     p = NeuronParams.from_node(neuron("hmdf", "float", 1, "C", False, torch.Generator().manual_seed(0)), "cpu")
     with pytest.raises(HmdfError, match="2\\*\\*31.*smaller batch"):
         neuron_steps(torch.zeros(1, *SHAPE), p)
+
+
+# --------------------------------------------------------------------------- compiled for a GPU
+def test_every_kernel_compiles_for_an_nvidia_gpu():
+    """Lowered to PTX for sm_90 (tests/_compile_kernels.py, in a process without the interpreter):
+    integer 4-bit codes go through int8 tensor-core MMA, float inputs never through TF32, packed
+    weights are read as bytes, 4-bit spikes are stored as bytes, and the neuron kernels contain no
+    fused multiply-add (so they round like the torch reference)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("_compile_kernels.py")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = {v.pop("variant"): v for v in map(json.loads, done.stdout.splitlines())}
+    assert len(got) == 13, sorted(got)
+    for name, ptx in got.items():
+        kind, *rest = name.split("-")
+        if kind == "synapse":
+            scheme, inputs = rest
+            assert ptx["int8_mma"] == (inputs == "int"), name
+            assert not ptx["tf32_mma"], name
+            assert ptx["byte_loads"] == (scheme != "fp32"), name
+        else:
+            assert not ptx["fma_f32"], name
+            assert ptx["byte_stores"] == (rest[-1] == "codes"), name

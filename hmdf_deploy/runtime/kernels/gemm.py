@@ -74,13 +74,15 @@ def _unpacked_tile(w_ptr, o, k, omask, kmask, K, row_bytes, SCHEME: tl.constexpr
     """The (BLOCK_K, BLOCK_N) tile W[o, k]ᵀ decoded in registers (codes as int32, or float32)."""
     mask = kmask[:, None] & omask[None, :]
     if SCHEME == 0:
-        return tl.load(w_ptr + o[None, :] * K + k[:, None], mask=mask, other=0.0)
-    if SCHEME == 1:
+        w = tl.load(w_ptr + o[None, :] * K + k[:, None], mask=mask, other=0.0)
+    elif SCHEME == 1:  # bit j of byte k // 8 is element k: 1 ⇔ +1
         byte = tl.load(w_ptr + o[None, :] * row_bytes + (k // 8)[:, None], mask=mask, other=0).to(tl.int32)
-        return 2 * ((byte >> (k % 8)[:, None]) & 1) - 1
-    byte = tl.load(w_ptr + o[None, :] * row_bytes + (k // 4)[:, None], mask=mask, other=0).to(tl.int32)
-    field = (byte >> (2 * (k % 4))[:, None]) & 3
-    return tl.where(field == 3, -1, field)
+        w = 2 * ((byte >> (k % 8)[:, None]) & 1) - 1
+    else:  # bits 2j..2j+1 of byte k // 4: 00 → 0, 01 → +1, 11 → −1
+        byte = tl.load(w_ptr + o[None, :] * row_bytes + (k // 4)[:, None], mask=mask, other=0).to(tl.int32)
+        field = (byte >> (2 * (k % 4))[:, None]) & 3
+        w = tl.where(field == 3, -1, field)
+    return w
 
 
 @triton.jit(do_not_specialize=["t0"])  # one compiled kernel for every step of a stream
@@ -165,5 +167,6 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
         x.contiguous(), w.data, scale, shift, out,
         M, O, w.K, Cin, H, W, Ho, Wo, stride, padding, w.data.shape[1],
         M // max(steps, 1), t0, scale.shape[0], scale.shape[1],
-        KH=KH, KW=KW, SCHEME=SCHEMES[w.scheme], INT=integer, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK)
+        KH=KH, KW=KW, SCHEME=SCHEMES[w.scheme], INT=integer, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+        enable_fp_fusion=False)  # the epilogue rounds like torch: a multiply, then an add
     return out

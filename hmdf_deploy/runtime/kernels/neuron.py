@@ -8,8 +8,9 @@ float32), with every per-(t, channel) parameter gathered in registers:
     s  = max(m − θ_t, 0), v = min(m, θ_t)   graded spike and PPR (SPEC §1, §2); LIF: s = θ·1[m ≥ θ], v = m − s
     out = clamp(round(4 s), 0, 15)       4-bit code, round half to even (SPEC §1.2 decision)
 
-in the order and with the roundings of `Reference._neuron_step`, so the loop kernel matches the
-torch reference; the scan reassociates (SPEC §7: compare it with a tolerance).
+in the order and with the roundings of `Reference._neuron_step` (no fused multiply-add: kernels
+launch with enable_fp_fusion=False), so the loop kernel matches the torch reference bit for bit;
+the scan reassociates (SPEC §7: compare it with a tolerance).
 
 Layout: inputs are (T, B, C, *spatial) contiguous; element e of a step is in channel
 (e // S) % C with S the spatial size. A per-step parameter is a (R, C') tensor, C' ∈ {1, C},
@@ -191,7 +192,7 @@ def neuron_steps(i: Tensor, p: NeuronParams, t0: int = 0, v: Tensor | None = Non
         _steps_kernel[(triton.cdiv(N, block),)](
             i, s, v_in, v_out if v_out is not None else i, *_param_args(p), N, C, S, i.shape[0], t0,
             MODEL=p.model, CODES=p.codes, AFFINE=p.in_scale is not None,
-            STATE_IN=v is not None and stateful, STATE_OUT=v_out is not None, BLOCK=block)
+            STATE_IN=v is not None and stateful, STATE_OUT=v_out is not None, BLOCK=block, enable_fp_fusion=False)
     elif v_out is not None:  # zero steps: the membrane is unchanged
         v_out.copy_(v if v is not None else torch.zeros_like(v_out))
     return s, v_out
@@ -208,5 +209,5 @@ def neuron_scan(i: Tensor, p: NeuronParams, block_t: int = 16, block_n: int = 25
     if N and i.shape[0]:
         _scan_kernel[(triton.cdiv(N, block_n),)](
             i, s, *_param_args(p), N, C, S, i.shape[0],
-            CODES=p.codes, AFFINE=p.in_scale is not None, BLOCK_T=block_t, BLOCK_N=block_n)
+            CODES=p.codes, AFFINE=p.in_scale is not None, BLOCK_T=block_t, BLOCK_N=block_n, enable_fp_fusion=False)
     return s

@@ -1,0 +1,66 @@
+"""Compile every variant of the Triton kernels for an NVIDIA GPU (sm_90) without one, and print
+what the PTX shows, one JSON object per variant. Run by tests/test_triton_kernels.py in a fresh
+process without TRITON_INTERPRET (in the interpreter nothing is compiled).
+
+Compiling needs no GPU: Triton lowers to PTX with the target given, and ptxas ships in its wheel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+assert not os.environ.get("TRITON_INTERPRET"), "compile without the interpreter"
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from hmdf_deploy.runtime.kernels import gemm, neuron  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def compile_ptx(fn, pointers: dict[str, str], constants: dict) -> str:
+    """PTX of `fn` with the given pointer element types, constexprs, every other argument i32."""
+    names = fn.arg_names
+    signature = {n: pointers.get(n) and "*" + pointers[n] or ("constexpr" if n in constants else "i32") for n in names}
+    source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()})
+    return triton.compile(source, target=TARGET, options={"enable_fp_fusion": False}).asm["ptx"]
+
+
+def features(ptx: str) -> dict:
+    mma = re.findall(r"\b(?:wgmma|mma)\.[\w.]+", ptx)
+    return {
+        "mma": sorted({m for m in mma}),
+        "int8_mma": any(".s8" in m for m in mma),
+        "tf32_mma": any("tf32" in m for m in mma),
+        "fma_f32": bool(re.search(r"\bfma\.rn\.f32\b", ptx)),
+        "byte_loads": bool(re.search(r"\bld\.global(?:\.\w+)*\.(?:u8|b8)\b", ptx)),
+        "byte_stores": bool(re.search(r"\bst\.global(?:\.\w+)*\.(?:u8|b8)\b", ptx)),
+    }
+
+
+def variants():
+    for scheme, code in gemm.SCHEMES.items():
+        for integer in (False, True) if scheme != "fp32" else (False,):
+            ptrs = {"x_ptr": "u8" if integer else "fp32", "w_ptr": "fp32" if scheme == "fp32" else "u8",
+                    "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"}
+            yield (f"synapse-{scheme}-{'int' if integer else 'float'}", gemm._synapse_kernel, ptrs,
+                   dict(KH=3, KW=3, SCHEME=code, INT=integer, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32))
+    f32 = dict.fromkeys(["i_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
+    for model, code in (("hmdf", neuron.HMDF), ("lif", neuron.LIF), ("parallel", neuron.PARALLEL)):
+        for codes in (False, True):
+            yield (f"steps-{model}-{'codes' if codes else 'float'}", neuron._steps_kernel,
+                   {**f32, "s_ptr": "u8" if codes else "fp32"},
+                   dict(MODEL=code, CODES=codes, AFFINE=True, STATE_IN=True, STATE_OUT=True, BLOCK=1024))
+    f32 = dict.fromkeys(["i_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
+    for codes in (False, True):
+        yield (f"scan-{'codes' if codes else 'float'}", neuron._scan_kernel, {**f32, "s_ptr": "u8" if codes else "fp32"},
+               dict(CODES=codes, AFFINE=True, BLOCK_T=16, BLOCK_N=256))
+
+
+if __name__ == "__main__":
+    for name, fn, ptrs, consts in variants():
+        print(json.dumps({"variant": name, **features(compile_ptx(fn, ptrs, consts))}), flush=True)
