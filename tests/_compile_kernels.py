@@ -17,7 +17,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from hmdf_deploy.runtime.kernels import gemm, neuron  # noqa: E402
+from hmdf_deploy.runtime.kernels import fused, gemm, neuron  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -49,8 +49,20 @@ def variants():
                     "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"}
             yield (f"synapse-{scheme}-{'int' if integer else 'float'}", gemm._synapse_kernel, ptrs,
                    dict(KH=3, KW=3, SCHEME=code, INT=integer, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32))
+    models = (("hmdf", neuron.HMDF), ("lif", neuron.LIF), ("parallel", neuron.PARALLEL))
+    f32 = dict.fromkeys(["sc_ptr", "sh_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
+    for scheme, code in gemm.SCHEMES.items():
+        for integer in (False, True) if scheme != "fp32" else (False,):
+            for model, mcode in models:
+                codes = model != "lif"
+                ptrs = {**f32, "x_ptr": "u8" if integer else "fp32", "w_ptr": "fp32" if scheme == "fp32" else "u8",
+                        "s_ptr": "u8" if codes else "fp32"}
+                yield (f"fused-{scheme}-{'int' if integer else 'float'}-{model}-{'codes' if codes else 'float'}",
+                       fused._synapse_neuron_kernel, ptrs,
+                       dict(KH=3, KW=3, SCHEME=code, INT=integer, MODEL=mcode, CODES=codes, AFFINE=True,
+                            STATE_IN=True, STATE_OUT=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32))
     f32 = dict.fromkeys(["i_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
-    for model, code in (("hmdf", neuron.HMDF), ("lif", neuron.LIF), ("parallel", neuron.PARALLEL)):
+    for model, code in models:
         for codes in (False, True):
             yield (f"steps-{model}-{'codes' if codes else 'float'}", neuron._steps_kernel,
                    {**f32, "s_ptr": "u8" if codes else "fp32"},

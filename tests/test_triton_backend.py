@@ -73,3 +73,20 @@ def test_scan_backend_equals_torch_engine(cfg, event, batch):
     backend = TritonBackend(deploy, scan=True)
     assert any(backend.layers[n.name].scannable for n in deploy.neurons), "no neuron takes the scan"
     check_close(backend.run(x.numpy()), truth, want, "scan")
+
+
+def _kind(case_id: str):
+    [case] = [c for c in CASES if c.id == case_id]
+    cfg, event, _ = case.values
+    return nets.make_deploy(cfg, event, seed=0)
+
+
+def test_a_synapse_read_only_by_its_neuron_runs_fused_with_it():
+    """`kernels.synapse_neuron` takes every conv whose current goes to its neuron alone: all convs of
+    a plain VGG; none behind SECA (the attention reads the current); in a ResNet block the first
+    conv but not the second (the residual add reads it) nor the stem (the shortcut reads it)."""
+    vgg = _kind("vgg-avg-fp32-float")
+    assert TritonBackend(vgg).fused == {n.name for n in vgg.nodes if n.kind == "conv"}
+    assert TritonBackend(_kind("vgg-max-1.5bit-4bit-seca1")).fused == set()
+    resnet = _kind("resnet18-fp32-float")
+    assert TritonBackend(resnet).fused == {f"blocks.{i}.conv1" for i in range(8)}

@@ -10,6 +10,7 @@ small, so every tile has masked lanes at its edges.
   identical except within 1e-4 of a rounding boundary;
 - synapse: exact on integer 4-bit codes (compared with float64 torch), float32 rounding otherwise,
   for every packing scheme, conv geometry and the linear case, with per-step affine rows;
+- synapse + neuron in one kernel: bit-equal to the two kernels it replaces, streaming or whole;
 - compiled mode, which the interpreter never exercises: every kernel variant compiles for an H100 /
   H200 (sm_90) here, without a GPU, and its PTX does what the design says.
 """
@@ -34,7 +35,9 @@ from hmdf_deploy.deploy.graph import DeployModel, Flatten, Neuron
 from hmdf_deploy.deploy.pack import unpack
 from hmdf_deploy.deploy.reference import Reference
 from hmdf_deploy.errors import HmdfError
-from hmdf_deploy.runtime.kernels import NeuronParams, neuron_scan, neuron_steps, pack_weight, synapse
+from hmdf_deploy.runtime.kernels import (
+    NeuronParams, neuron_scan, neuron_steps, pack_weight, synapse, synapse_neuron,
+)
 
 SHAPE = (3, 5, 7, 3)  # (B, C, H, W): 315 elements per step, masked lanes in blocks of 64
 
@@ -299,6 +302,50 @@ def test_too_large_for_int32_offsets_is_one_error(monkeypatch):
         neuron_steps(torch.zeros(1, *SHAPE), p)
 
 
+# ------------------------------------------------------------------------ synapse + neuron fused
+@pytest.mark.parametrize("tiles", TILES, ids=["default-tiles", "small-tiles"])
+@pytest.mark.parametrize("model, spikes, weights, inputs", [  # each neuron model, weight scheme and input kind once
+    ("hmdf", "4bit", "1.5bit", "codes"), ("hmdf", "float", "1bit", "float"),
+    ("lif", "float", "1bit", "codes"), ("parallel", "4bit", "fp32", "float")])
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_fused_synapse_neuron_equals_the_two_kernels(layer, model, spikes, weights, inputs, tiles):
+    """The fused kernel over a whole sequence, and step by step with the membrane carried, gives
+    exactly the spikes and membranes of `synapse` followed by `neuron_steps`."""
+    g = torch.Generator().manual_seed(11)
+    steps, batch, O = 5, 3, 19
+    shape, geometry = ((7, 9, 6), {"stride": 2, "padding": 1}) if layer == "conv" else ((45,), {})
+    weight = codes_for(weights, (O, shape[0], 3, 3) if layer == "conv" else (O, shape[0]), g)
+    packed = pack_weight(weight, weights)
+    x = activations(inputs, (steps * batch, *shape), g)
+    scale, shift = torch.rand(steps - 2, O, generator=g) + 0.2, torch.randn(1, O, generator=g)
+    n = neuron(model, spikes, 4, "mixed", True, g, C=O)
+    p = NeuronParams.from_node(n, "cpu")
+
+    current = synapse(x, packed, scale, shift, steps=steps, tiles=tiles, **geometry)
+    want, want_v = neuron_steps(current.reshape(steps, batch, *current.shape[1:]), p)
+    got, got_v = synapse_neuron(x, packed, scale, shift, p, steps=steps, tiles=tiles, **geometry)
+    assert torch.equal(got, want.reshape(got.shape))
+    assert float((want.float() > 0).float().mean()) > 0.05, "the case should fire"
+
+    v, outs = None, []
+    for t in range(steps):
+        s, v = synapse_neuron(x[t * batch:(t + 1) * batch], packed, scale, shift, p, t0=t, v=v, tiles=tiles, **geometry)
+        outs.append(s)
+    assert torch.equal(torch.cat(outs), got)
+    if model == "parallel":
+        assert v is None and got_v is None
+    else:
+        assert torch.equal(v, want_v) and torch.equal(got_v, want_v)
+
+
+def test_fused_zero_batch_keeps_the_state():
+    g = torch.Generator().manual_seed(12)
+    packed = pack_weight(codes_for("1.5bit", (4, 3, 3, 3), g), "1.5bit")
+    p = NeuronParams.from_node(neuron("hmdf", "4bit", 1, "C", False, g, C=4), "cpu")
+    s, v = synapse_neuron(torch.zeros(0, 3, 5, 5), packed, torch.ones(1, 4), torch.zeros(1, 4), p, padding=1)
+    assert s.shape == (0, 4, 5, 5) and s.dtype == torch.uint8 and v.shape == (0, 4, 5, 5)
+
+
 # --------------------------------------------------------------------------- compiled for a GPU
 def test_every_kernel_compiles_for_an_nvidia_gpu():
     """Lowered to PTX for sm_90 (tests/_compile_kernels.py, in a process without the interpreter):
@@ -310,14 +357,16 @@ def test_every_kernel_compiles_for_an_nvidia_gpu():
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     got = {v.pop("variant"): v for v in map(json.loads, done.stdout.splitlines())}
-    assert len(got) == 13, sorted(got)
+    assert len(got) == 28, sorted(got)
     for name, ptx in got.items():
         kind, *rest = name.split("-")
-        if kind == "synapse":
-            scheme, inputs = rest
+        if kind in ("synapse", "fused"):
+            scheme, inputs = rest[:2]
             assert ptx["int8_mma"] == (inputs == "int"), name
             assert not ptx["tf32_mma"], name
             assert ptx["byte_loads"] == (scheme != "fp32"), name
-        else:
+        if kind == "fused":
+            assert ptx["byte_stores"] == (rest[-1] == "codes"), name
+        elif kind != "synapse":
             assert not ptx["fma_f32"], name
             assert ptx["byte_stores"] == (rest[-1] == "codes"), name

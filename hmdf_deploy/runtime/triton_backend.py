@@ -1,7 +1,8 @@
 """The triton backend: a DeployModel on the Triton kernels (`hmdf_deploy.runtime.kernels`).
 
-Synapses run the packed implicit-GEMM kernel (weights stay 1 / 2 bits per code on the device),
-neurons the fused step kernel, or the scan of SPEC §7 for whole sequences (`scan=True`). 4-bit
+Synapses run the packed implicit-GEMM kernel (weights stay 1 / 2 bits per code on the device);
+a synapse read only by a neuron runs in one kernel with it (`kernels.fused`); other neurons run the
+fused step kernel, or the scan of SPEC §7 for whole sequences (`scan=True`). 4-bit
 spikes travel between layers as uint8 codes, so a code-fed synapse accumulates exactly in int32.
 The small weightless nodes (add, SECA, pooling, flatten) run in torch on the same device.
 
@@ -55,6 +56,7 @@ class TritonBackend:
         self.device = torch.device("cpu" if interpreted() else "cuda")
         self.scan = scan
         self.layers = {n.name: self._prepare(n) for n in model.nodes}
+        self.fused = _fusable(model)
         self.state: dict[str, Tensor] = {}
 
     def _prepare(self, n):
@@ -75,16 +77,7 @@ class TritonBackend:
     @torch.no_grad()
     def step(self, x_t: np.ndarray, t: int) -> np.ndarray:
         x = torch.as_tensor(x_t, dtype=torch.float32).to(self.device)
-        state = {}
-
-        def neuron(n: Neuron, i: Tensor) -> Tensor:
-            s, v = self.k.neuron_steps(i.unsqueeze(0), self.layers[n.name], t, self.state.get(n.name))
-            if v is not None:
-                state[n.name] = v
-            return s[0]
-
-        logits = self._forward(x, t, 1, neuron)
-        self.state = state
+        logits, self.state = self._forward(x, t, 1, self.state, scan=False)
         return logits.cpu().numpy()
 
     @torch.no_grad()
@@ -93,29 +86,50 @@ class TritonBackend:
         self.reset()
         x = torch.as_tensor(x, dtype=torch.float32).to(self.device)
         T, B = x.shape[:2]
-
-        def neuron(n: Neuron, i: Tensor) -> Tensor:
-            p, i = self.layers[n.name], i.reshape(T, B, *i.shape[1:])
-            s = self.k.neuron_scan(i, p) if self.scan and p.scannable else self.k.neuron_steps(i, p, keep_state=False)[0]
-            return s.reshape(T * B, *s.shape[2:])
-
-        logits = self._forward(x.reshape(T * B, *x.shape[2:]), 0, T, neuron)
+        logits, _ = self._forward(x.reshape(T * B, *x.shape[2:]), 0, T, None, scan=self.scan)
         return logits.reshape(T, B, *logits.shape[1:]).cpu().numpy()
 
-    def _forward(self, x: Tensor, t0: int, steps: int, neuron) -> Tensor:
-        """The graph over N = steps · B rows; `neuron(n, i)` runs a neuron node in the caller's form."""
-        values = {"input": x}
+    def _forward(self, x: Tensor, t0: int, steps: int, state: dict | None, scan: bool) -> tuple[Tensor, dict]:
+        """The graph on `steps` time steps from t0 of B samples each (x: (steps·B, …), time-major),
+        from the membranes in `state` (None: a fresh sequence, whose final state is not kept).
+        Returns the logits (steps·B, K) and the new state."""
+        values, new_state = {"input": x}, {}
         for n in self.model.nodes:
-            args = [values[i] for i in n.inputs]
-            if isinstance(n, Synapse):
+            if n.name in self.fused:
+                continue  # computed with the neuron that reads it, below
+            if isinstance(n, Neuron):
+                s, v = self._neuron(n, values, t0, steps, state, scan)
+                values[n.name] = s
+                if v is not None:
+                    new_state[n.name] = v
+            elif isinstance(n, Synapse):
                 w, scale, shift = self.layers[n.name]
-                conv = {"stride": n.stride, "padding": n.padding} if isinstance(n, Conv) else {}
-                values[n.name] = self.k.synapse(args[0], w, scale, shift, t0=t0, steps=steps, **conv)
-            elif isinstance(n, Neuron):
-                values[n.name] = neuron(n, args[0])
+                values[n.name] = self.k.synapse(values[n.inputs[0]], w, scale, shift, t0=t0, steps=steps, **_geometry(n))
             else:
-                values[n.name] = self._weightless(n, args)
-        return values[self.model.output]
+                values[n.name] = self._weightless(n, [values[i] for i in n.inputs])
+        return values[self.model.output], new_state
+
+    def _neuron(self, n: Neuron, values: dict, t0: int, steps: int, state: dict | None, scan: bool):
+        """A neuron's spikes (steps·B, …) and membrane: fused with its synapse when it is the synapse's
+        only reader, else on the synapse's output; by the scan on request when the neuron allows it."""
+        p, v = self.layers[n.name], None if state is None else state.get(n.name)
+        keep = state is not None
+        syn = self.model.node(n.inputs[0]) if n.inputs[0] in self.fused else None
+        if syn is not None and not (scan and p.scannable):
+            w, scale, shift = self.layers[syn.name]
+            return self.k.synapse_neuron(values[syn.inputs[0]], w, scale, shift, p, t0=t0, steps=steps,
+                                         v=v, keep_state=keep, **_geometry(syn))
+        if syn is not None:  # the scan reads the synapse's output
+            w, scale, shift = self.layers[syn.name]
+            i = self.k.synapse(values[syn.inputs[0]], w, scale, shift, t0=t0, steps=steps, **_geometry(syn))
+        else:
+            i = values[n.inputs[0]]
+        i = i.reshape(steps, -1, *i.shape[1:])
+        if scan and p.scannable and v is None:
+            s = self.k.neuron_scan(i, p)
+        else:
+            s, v = self.k.neuron_steps(i, p, t0, v, keep_state=keep)
+        return s.reshape(-1, *s.shape[2:]), v
 
     def _weightless(self, n, args: list[Tensor]) -> Tensor:
         # Flatten and max-pooling keep 4-bit codes as codes (uint8), so the next synapse stays exact
@@ -126,3 +140,19 @@ class TritonBackend:
         if codes and isinstance(n, Pool) and n.mode == "max":
             return weightless(n, [args[0].float()]).to(torch.uint8)
         return weightless(n, [a.float() for a in args], self.layers[n.name])
+
+
+def _geometry(n: Synapse) -> dict:
+    return {"stride": n.stride, "padding": n.padding} if isinstance(n, Conv) else {}
+
+
+def _fusable(model: DeployModel) -> set[str]:
+    """Synapses whose only reader is a neuron (and not the model's output): each runs in one kernel
+    with that neuron, so its output current never goes to memory."""
+    readers: dict[str, list] = {}
+    for n in model.nodes:
+        for i in n.inputs:
+            readers.setdefault(i, []).append(n)
+    synapses = {n.name for n in model.nodes if isinstance(n, Synapse)}
+    return {name for name in synapses if name != model.output and len(readers.get(name, [])) == 1
+            and isinstance(readers[name][0], Neuron)}

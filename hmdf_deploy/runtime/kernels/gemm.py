@@ -20,6 +20,7 @@ The epilogue applies the per-(t, channel) affine: rows n of step t = t0 + n // r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -85,15 +86,13 @@ def _unpacked_tile(w_ptr, o, k, omask, kmask, K, row_bytes, SCHEME: tl.constexpr
     return w
 
 
-@triton.jit(do_not_specialize=["t0"])  # one compiled kernel for every step of a stream
-def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr,
-                    M, O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes,
-                    rows_per_step, t0, aff_rows, aff_cols,
-                    KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask, omask = m < M, o < O
+@triton.jit
+def synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, step,
+                 O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes, aff_rows, aff_cols,
+                 KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The (BLOCK_M, BLOCK_N) tile scale_t ⊙ (W ⊛ x) + shift_t, float32, for output rows m (sample,
+    y, x) and channels o, with `step` (BLOCK_M,) the time step of each row."""
     P = Ho * Wo
     n, p = m // P, m % P
     ih0 = (p // Wo) * stride - pad
@@ -115,13 +114,29 @@ def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr,
             acc += tl.dot(xt.to(tl.int8), wt.to(tl.int8))
         else:
             acc += tl.dot(xt.to(tl.float32), wt.to(tl.float32), input_precision="ieee")
-    step = tl.minimum(t0 + m // rows_per_step, aff_rows - 1)[:, None]
+    row = tl.minimum(step, aff_rows - 1)[:, None]
     col = tl.where(aff_cols > 1, o, 0)[None, :]
     mask = mmask[:, None] & omask[None, :]
-    scale = tl.load(sc_ptr + step * aff_cols + col, mask=mask, other=0.0)
-    shift = tl.load(sh_ptr + step * aff_cols + col, mask=mask, other=0.0)
-    y = acc.to(tl.float32) * scale + shift
-    tl.store(out_ptr + (n[:, None] * O + o[None, :]) * P + p[:, None], y, mask=mask)
+    scale = tl.load(sc_ptr + row * aff_cols + col, mask=mask, other=0.0)
+    shift = tl.load(sh_ptr + row * aff_cols + col, mask=mask, other=0.0)
+    return acc.to(tl.float32) * scale + shift
+
+
+@triton.jit(do_not_specialize=["t0"])  # one compiled kernel for every step of a stream
+def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr,
+                    M, O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes,
+                    rows_per_step, t0, aff_rows, aff_cols,
+                    KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask, omask = m < M, o < O
+    y = synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, t0 + m // rows_per_step,
+                     O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes, aff_rows, aff_cols,
+                     KH, KW, SCHEME, INT, BLOCK_M, BLOCK_N, BLOCK_K)
+    P = Ho * Wo
+    out = out_ptr + ((m // P)[:, None] * O + o[None, :]) * P + (m % P)[:, None]
+    tl.store(out, y, mask=mmask[:, None] & omask[None, :])
 
 
 def blocks(M: int, O: int, K: int, interpreted: bool = False) -> tuple[int, int, int]:
@@ -135,38 +150,61 @@ def blocks(M: int, O: int, K: int, interpreted: bool = False) -> tuple[int, int,
     return fit(M, 64), fit(O, 64), 32
 
 
-def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride: int = 1, padding: int = 0,
-            t0: int = 0, steps: int = 1, tiles: tuple[int, int, int] | None = None) -> Tensor:
-    """scale_t ⊙ (W ⊛ x) + shift_t for x (N, C, H, W) (conv) or (N, K) (linear), float32 or uint8 codes.
+class Geometry(NamedTuple):
+    """A synapse call's sizes: N input rows of (Cin, H, W) (a linear layer: (K, 1, 1)) → (Ho, Wo)."""
 
-    The N rows are `steps` consecutive time steps of N / steps samples each, starting at step t0;
-    `scale`/`shift` are each (R, O) or (R, 1), R ∈ {1, T}, and step t reads row min(t, R − 1). Returns float32
-    (N, O, Ho, Wo) or (N, O).
-    """
+    N: int
+    Cin: int
+    H: int
+    W: int
+    Ho: int
+    Wo: int
+    out_shape: tuple[int, ...]
+
+
+def conv_geometry(x: Tensor, w: PackedWeight, stride: int, padding: int, steps: int) -> Geometry:
+    """Check x against w and `steps`, and size the output ((N, O, Ho, Wo), or (N, O) for a linear layer)."""
     linear = x.dim() == 2
     N = x.shape[0]
     Cin, H, W = (x.shape[1], 1, 1) if linear else x.shape[1:]
     if Cin != w.in_channels:
         raise ValueError(f"input has {Cin} channels, the weights expect {w.in_channels}")
-    (KH, KW), O = w.kernel, w.out_channels
-    Ho, Wo = (H + 2 * padding - KH) // stride + 1, (W + 2 * padding - KW) // stride + 1
-    out = torch.empty((N, O) if linear else (N, O, Ho, Wo), dtype=torch.float32, device=x.device)
-    if max(x.numel(), out.numel()) > MAX_NUMEL:
-        raise HmdfError("a layer's input or output has more elements than the triton kernels address (2**31); "
-                        "use a smaller batch")
     if N % max(steps, 1):
         raise ValueError(f"{N} rows do not split into {steps} steps")
-    M = N * Ho * Wo
+    (KH, KW), O = w.kernel, w.out_channels
+    Ho, Wo = (H + 2 * padding - KH) // stride + 1, (W + 2 * padding - KW) // stride + 1
+    if max(x.numel(), N * O * Ho * Wo) > MAX_NUMEL:
+        raise HmdfError("a layer's input or output has more elements than the triton kernels address (2**31); "
+                        "use a smaller batch")
+    return Geometry(N, Cin, H, W, Ho, Wo, (N, O) if linear else (N, O, Ho, Wo))
+
+
+def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride: int = 1, padding: int = 0,
+            t0: int = 0, steps: int = 1, tiles: tuple[int, int, int] | None = None) -> Tensor:
+    """scale_t ⊙ (W ⊛ x) + shift_t for x (N, C, H, W) (conv) or (N, K) (linear), float32 or uint8 codes.
+
+    The N rows are `steps` consecutive time steps of N / steps samples each, starting at step t0;
+    `scale`/`shift` are each (R, O) or (R, 1), R ∈ {1, T}, and step t reads row min(t, R − 1).
+    Returns float32 (N, O, Ho, Wo) or (N, O). `tiles` overrides the block sizes of `blocks`.
+    """
+    g = conv_geometry(x, w, stride, padding, steps)
+    out = torch.empty(g.out_shape, dtype=torch.float32, device=x.device)
+    M = g.N * g.Ho * g.Wo
     if M == 0:
         return out
     # one (R, O') layout for both (no copy when they already share it, as the backend's do)
     scale, shift = (t.contiguous() for t in torch.broadcast_tensors(scale, shift))
-    integer = x.dtype == torch.uint8 and w.scheme != "fp32"
-    BM, BN, BK = tiles or blocks(M, O, w.K, x.device.type == "cpu")
-    _synapse_kernel[(triton.cdiv(M, BM), triton.cdiv(O, BN))](
+    BM, BN, BK = tiles or blocks(M, w.out_channels, w.K, x.device.type == "cpu")
+    _synapse_kernel[(triton.cdiv(M, BM), triton.cdiv(w.out_channels, BN))](
         x.contiguous(), w.data, scale, shift, out,
-        M, O, w.K, Cin, H, W, Ho, Wo, stride, padding, w.data.shape[1],
+        M, w.out_channels, w.K, g.Cin, g.H, g.W, g.Ho, g.Wo, stride, padding, w.data.shape[1],
         M // max(steps, 1), t0, scale.shape[0], scale.shape[1],
-        KH=KH, KW=KW, SCHEME=SCHEMES[w.scheme], INT=integer, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+        KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w),
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
         enable_fp_fusion=False)  # the epilogue rounds like torch: a multiply, then an add
     return out
+
+
+def integer_dot(x: Tensor, w: PackedWeight) -> bool:
+    """uint8 inputs are 4-bit codes (0..15): with code weights the int8 dot is exact."""
+    return x.dtype == torch.uint8 and w.scheme != "fp32"

@@ -64,7 +64,7 @@ class NeuronParams:
 
 # -------------------------------------------------------------------------------- jit helpers
 @triton.jit
-def _param(ptr, rows, cols, t, ch):
+def param(ptr, rows, cols, t, ch):
     """Row min(t, rows − 1), column ch (or 0 when the parameter has one column) of a (rows, cols) tensor."""
     r = tl.minimum(t, rows - 1)
     return tl.load(ptr + r * cols + tl.where(cols > 1, ch, 0))
@@ -78,6 +78,30 @@ def spike_code(s):
     f = x - r  # exact: x and r are within a factor of two of each other or r = 0
     up = (f > 0.5) | ((f == 0.5) & ((r.to(tl.int32) & 1) == 1))
     return (r + up.to(tl.float32)).to(tl.uint8)
+
+
+@triton.jit
+def fire(x, v, th, lk_ptr, lk_rows, lk_cols, t, ch, MODEL: tl.constexpr):
+    """One step on the current x (after its affine) from membrane v: returns (spike, membrane)."""
+    if MODEL == 2:  # parallel: stateless
+        s = tl.maximum(x - th, 0.0)
+    else:
+        m = param(lk_ptr, lk_rows, lk_cols, t, ch) * v + x
+        if MODEL == 0:  # HM-DF: graded spike, PPR
+            s = tl.maximum(m - th, 0.0)
+            v = tl.minimum(m, th)
+        else:  # LIF: spike of height θ, subtract reset
+            s = tl.where(m >= th, th, 0.0)
+            v = m - s
+    return s, v
+
+
+@triton.jit
+def store_spikes(ptr, s, mask, CODES: tl.constexpr):
+    if CODES:
+        tl.store(ptr, spike_code(s), mask=mask)
+    else:
+        tl.store(ptr, s, mask=mask)
 
 
 @triton.jit
@@ -103,22 +127,10 @@ def _steps_kernel(i_ptr, s_ptr, v_in_ptr, v_out_ptr,
         t = t0 + j
         x = tl.load(i_ptr + j * N + e, mask=mask, other=0.0)
         if AFFINE:
-            x = _param(k_ptr, aff_rows, aff_cols, t, ch) * x + _param(c_ptr, aff_rows, aff_cols, t, ch)
+            x = param(k_ptr, aff_rows, aff_cols, t, ch) * x + param(c_ptr, aff_rows, aff_cols, t, ch)
         th = tl.load(th_ptr + tl.minimum(t, th_rows - 1))
-        if MODEL == 2:  # parallel: stateless
-            s = tl.maximum(x - th, 0.0)
-        else:
-            m = _param(lk_ptr, lk_rows, lk_cols, t, ch) * v + x
-            if MODEL == 0:
-                s = tl.maximum(m - th, 0.0)
-                v = tl.minimum(m, th)
-            else:
-                s = tl.where(m >= th, th, 0.0)
-                v = m - s
-        if CODES:
-            tl.store(s_ptr + j * N + e, spike_code(s), mask=mask)
-        else:
-            tl.store(s_ptr + j * N + e, s, mask=mask)
+        s, v = fire(x, v, th, lk_ptr, lk_rows, lk_cols, t, ch, MODEL)
+        store_spikes(s_ptr + j * N + e, s, mask, CODES)
     if STATE_OUT:
         tl.store(v_out_ptr + e, v, mask=mask)
 
@@ -139,18 +151,14 @@ def _scan_kernel(i_ptr, s_ptr, th_ptr, th_rows, lk_ptr, lk_rows, lk_cols, k_ptr,
         mask = (t < T) & emask[None, :]
         x = tl.load(i_ptr + t * N + e[None, :], mask=mask, other=0.0)
         if AFFINE:
-            x = _param(k_ptr, aff_rows, aff_cols, t, ch[None, :]) * x + _param(c_ptr, aff_rows, aff_cols, t, ch[None, :])
+            x = param(k_ptr, aff_rows, aff_cols, t, ch[None, :]) * x + param(c_ptr, aff_rows, aff_cols, t, ch[None, :])
         th = tl.load(th_ptr + tl.minimum(t, th_rows - 1))
         th_prev = tl.load(th_ptr + tl.minimum(tl.maximum(t - 1, 0), th_rows - 1))
-        a = tl.where(t == 0, 0.0, _param(lk_ptr, lk_rows, lk_cols, t, ch[None, :]))
+        a = tl.where(t == 0, 0.0, param(lk_ptr, lk_rows, lk_cols, t, ch[None, :]))
         c = tl.where(t == 0, x, a * th_prev + x)
         A, B, Cm = tl.associative_scan((a, x, c), 0, _compose)
         m = tl.minimum(A * m_prev[None, :] + B, Cm)
-        s = tl.maximum(m - th, 0.0)
-        if CODES:
-            tl.store(s_ptr + t * N + e[None, :], spike_code(s), mask=mask)
-        else:
-            tl.store(s_ptr + t * N + e[None, :], s, mask=mask)
+        store_spikes(s_ptr + t * N + e[None, :], tl.maximum(m - th, 0.0), mask, CODES)
         last = tl.minimum(T - t0, BLOCK_T) - 1
         m_prev = tl.sum(tl.where(rel == last, m, 0.0), axis=0)
 
@@ -166,7 +174,7 @@ def _layout(i: Tensor) -> tuple[int, int, int]:
     return i.shape[1] * i.shape[2] * S, i.shape[2], S
 
 
-def _param_args(p: NeuronParams) -> list:
+def param_args(p: NeuronParams) -> list:
     leak = p.leak if p.leak is not None else p.threshold
     k, c = (p.in_scale, p.in_shift) if p.in_scale is not None else (p.threshold, p.threshold)
     return [p.threshold, p.threshold.shape[0], leak, leak.shape[0], leak.shape[1],
@@ -190,7 +198,7 @@ def neuron_steps(i: Tensor, p: NeuronParams, t0: int = 0, v: Tensor | None = Non
     if N and i.shape[0]:
         v_in = v.contiguous() if v is not None and stateful else i
         _steps_kernel[(triton.cdiv(N, block),)](
-            i, s, v_in, v_out if v_out is not None else i, *_param_args(p), N, C, S, i.shape[0], t0,
+            i, s, v_in, v_out if v_out is not None else i, *param_args(p), N, C, S, i.shape[0], t0,
             MODEL=p.model, CODES=p.codes, AFFINE=p.in_scale is not None,
             STATE_IN=v is not None and stateful, STATE_OUT=v_out is not None, BLOCK=block, enable_fp_fusion=False)
     elif v_out is not None:  # zero steps: the membrane is unchanged
@@ -208,6 +216,6 @@ def neuron_scan(i: Tensor, p: NeuronParams, block_t: int = 16, block_n: int = 25
     s = _spikes(i, p)
     if N and i.shape[0]:
         _scan_kernel[(triton.cdiv(N, block_n),)](
-            i, s, *_param_args(p), N, C, S, i.shape[0],
+            i, s, *param_args(p), N, C, S, i.shape[0],
             CODES=p.codes, AFFINE=p.in_scale is not None, BLOCK_T=block_t, BLOCK_N=block_n, enable_fp_fusion=False)
     return s
