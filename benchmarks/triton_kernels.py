@@ -12,19 +12,25 @@ the results are flushed to `--out` after every row, so a timeout still leaves wh
    on the same shapes next to hmdf's loop kernel in LIF mode (same dynamics class, float spikes).
 3. The packed synapse (implicit GEMM) for trit2, sign1 and fp32 weights, uint8 4-bit code inputs
    and float32 inputs, conv 3×3 and a 4096×4096 linear layer, at batch 1 and 32, next to a dense
-   bf16 F.conv2d / F.linear of the same shape.
+   bf16 F.conv2d / F.linear of the same shape. On the conv shapes, code inputs, trit2 / sign1 and an
+   HM-DF neuron with 4-bit codes out: `synapse_neuron` (one kernel, the current in registers)
+   against `synapse` then `neuron_steps` (two launches, a float32 current through memory), as one
+   streaming step (T = 1, membrane in and out) and as a sequence of T = 4 steps without state.
 4. A whole network: VGG-11 on 3×32×32, T = 4, 1.5-bit weights, 4-bit spikes (tests/nets.py
    `make_deploy`, random folded weights that fire): per-step latency (`TritonBackend.step`) and
    whole sequences (`TritonBackend.run`, loop and scan) against the torch reference on the same
-   device and SpikingJelly (LIFNode, multi-step, its Triton kernel) of the same layer shapes.
+   device and SpikingJelly (LIFNode, multi-step, its Triton kernel) of the same layer shapes; with
+   how many synapses each triton backend runs fused with their neuron (`TritonBackend.fused`).
 
 Every kernel row is checked against a reference before it is timed (neurons: `Reference` on a
-one-neuron DeployModel; synapses: F.conv2d / F.linear in float64); a failed check is recorded,
+one-neuron DeployModel; synapses: F.conv2d / F.linear in float64; the fused synapse + neuron:
+bit-equal (torch.equal) to the two kernels it replaces); a failed check is recorded,
 printed in capitals and makes the exit status 1, and the script goes on measuring.
 
 Bytes counted per kernel call (the floor): the input read once, the output written once (uint8
 per 4-bit code, else float32), the membrane read and written for the step form, packed weights
-read once; per-channel parameters are ignored (≤ 0.1 %). Floor time = max(bytes / copy
+read once, and for the two-kernel path the float32 current written and read back; per-channel
+parameters are ignored (≤ 0.1 %). Floor time = max(bytes / copy
 bandwidth, FLOPs / matmul rate of the unit the kernel uses); "% of floor" = floor / measured.
 
 Kernel times: `triton.testing.do_bench` (CUDA events, L2 flushed before every call, median and
@@ -69,7 +75,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # nets.py: random folded networks that 
 #: Fractions of --budget after which each section stops starting new rows (cumulative, so time a
 #: section leaves goes to the next); every section gets at least MIN_SHARE of it from its start,
 #: so an overrun before the network cannot starve it. Worst case: (1 + MIN_SHARE) · budget + one row.
-SECTIONS = {"ceilings": 0.05, "neuron": 0.28, "synapse": 0.62, "network": 1.0}
+SECTIONS = {"ceilings": 0.05, "neuron": 0.26, "synapse": 0.64, "network": 1.0}
 MIN_SHARE = 0.2
 US = 1e6
 
@@ -112,7 +118,8 @@ class Report:
     def __init__(self, out: Path, meta: dict) -> None:
         self.out = out
         self.data = {"meta": meta, "ceilings": {}, "neuron": [], "sj_neuron": [], "synapse": [], "dense": [],
-                     "network_checks": [], "network": [], "failures": [], "errors": [], "skipped": [], "notes": []}
+                     "fused": [], "network_checks": [], "network": [], "failures": [], "errors": [], "skipped": [],
+                     "notes": []}
         out.mkdir(parents=True, exist_ok=True)
 
     def add(self, key: str, row) -> None:
@@ -527,6 +534,94 @@ def dense_row(rep, timer, ceil, layer: dict, B: int, dev: str) -> None:
     log(f"dense   {layer['name']:24} B={B:2} {str(dt):14}: {tm['median'] * US:9.1f} µs")
 
 
+# ===================================================================== synapse + neuron fused
+FUSED_T = 4  # the sequence form's steps: the network's T
+
+
+def fused_case(layer: dict, B: int, scheme: str, dev: str):
+    """Code inputs for FUSED_T steps of B samples, packed weights, a per-(t, channel) affine and an
+    HM-DF neuron with 4-bit codes out. The affine makes the current ~N(0.4, 0.8) as in the neuron
+    rows (~40 % fire), so the codes are neither all 0 nor all 15 and the check means something."""
+    from hmdf_deploy.runtime import kernels as K
+
+    C, O, hw, k = layer["C"], layer["O"], layer["hw"], layer["k"]
+    w, weights = random_weight(scheme, O, C, k, dev)
+    pw = K.pack_weight(w, weights, dev)
+    x = random_input("codes", FUSED_T * B, C, hw, dev)
+    unit = torch.ones(1, O, device=dev), torch.zeros(1, O, device=dev)
+    gain = 0.8 / float(K.synapse(x[:B], pw, *unit, padding=k // 2).std())
+    scale = (torch.rand(FUSED_T, O, device=dev) * 0.2 + 0.9) * gain
+    shift = torch.randn(FUSED_T, O, device=dev) * 0.1 + 0.4
+    p = K.NeuronParams.from_node(neuron_node("hmdf", "4bit", FUSED_T, O, dev), dev)
+    return x, pw, scale, shift, p
+
+
+def fused_paths(form: str, x, pw, scale, shift, p, B: int, pad: int, v):
+    """(two kernels, fused) closures of one form, each returning (spikes (steps·B, O, …), membrane
+    or None): step = step t = 2 of a stream (the step index reads its own affine row) from membrane
+    v; seq = all FUSED_T steps from v = 0, no state kept."""
+    from hmdf_deploy.runtime import kernels as K
+
+    if form == "step":
+        x1, t = x[:B], 2
+
+        def two():
+            i = K.synapse(x1, pw, scale, shift, padding=pad, t0=t)
+            s, v_out = K.neuron_steps(i.unsqueeze(0), p, t, v)
+            return s[0], v_out
+        return two, lambda: K.synapse_neuron(x1, pw, scale, shift, p, padding=pad, t0=t, v=v)
+
+    def two_seq():
+        i = K.synapse(x, pw, scale, shift, padding=pad, steps=FUSED_T)
+        s, _ = K.neuron_steps(i.reshape(FUSED_T, B, *i.shape[1:]), p, keep_state=False)
+        return s.reshape(i.shape), None
+    return two_seq, lambda: K.synapse_neuron(x, pw, scale, shift, p, padding=pad, steps=FUSED_T, keep_state=False)
+
+
+def exact(got: torch.Tensor, want: torch.Tensor) -> dict:
+    """`compare` with no tolerance, and ok only when torch.equal (same shape, dtype and bits)."""
+    chk = compare(got, want, 0.0)
+    return {**chk, "ok": chk["ok"] and torch.equal(got, want), "exact": True}
+
+
+def check_fused(rep, what: str, two, fused, dev: str) -> tuple[dict, float]:
+    """Spikes (and the membrane, if kept) of the fused kernel against the two kernels it replaces:
+    the same operations in the same order, so bit-equal. Also returns the share that fires."""
+    want = two()
+    poison(dev, want[0].numel() * want[0].element_size())
+    got = fused()
+    chk = exact(got[0], want[0])
+    if chk["ok"] and want[1] is not None:
+        chk_v = exact(got[1], want[1]) if got[1] is not None else {**chk, "ok": False}
+        chk = chk if chk_v["ok"] else {**chk_v, "what": "membrane"}
+    return record_check(rep, what, chk), float((want[0] != 0).float().mean())
+
+
+def fused_row(rep, timer, ceil, layer: dict, B: int, scheme: str, form: str, dev: str) -> None:
+    C, O, hw, k = layer["C"], layer["O"], layer["hw"], layer["k"]
+    x, pw, scale, shift, p = fused_case(layer, B, scheme, dev)
+    v = torch.rand(B, O, hw, hw, device=dev) * p.threshold.max() if form == "step" else None
+    two, fused = fused_paths(form, x, pw, scale, shift, p, B, k // 2, v)
+    check, fire = check_fused(rep, f"fused {form} {layer['name']} B={B} {scheme}", two, fused, dev)
+    T = 1 if form == "step" else FUSED_T
+    MO = T * B * hw * hw * O  # current (= spike) elements over the T steps
+    flops = 2 * MO * C * k * k
+    # both: codes in, packed weights, codes out, the membrane in and out (step form); two kernels
+    # also write the float32 current and read it back
+    base = T * B * C * hw * hw + pw.data.numel() * pw.data.element_size() + MO
+    base += 0 if v is None else 2 * v.numel() * 4
+    row = {"layer": layer["name"], "B": B, "scheme": scheme, "form": form, "T": T, "check": check, "fire": fire}
+    for name, fn, nbytes in (("two", two, base + 8 * MO), ("fused", fused, base)):
+        tm = timer.kernel(fn)
+        fl = floor_time(nbytes, flops, ceil.get("copy_GBps"), ceil.get("int8_TFLOPs"))
+        row[name] = {"time": tm, "bytes": nbytes, "GBps": nbytes / tm["median"] / 1e9, "floor_s": fl,
+                     "of_floor": fl / tm["median"] if fl else None}
+    row["two_over_fused"] = row["two"]["time"]["median"] / row["fused"]["time"]["median"]
+    rep.add("fused", row)
+    log(f"fused   {layer['name']:24} B={B:2} {scheme:5} {form:4} T={T}: {row['two']['time']['median'] * US:9.1f} µs "
+        f"→ {row['fused']['time']['median'] * US:9.1f} µs ({row['two_over_fused']:.2f}×), {check_cell(check)}")
+
+
 def synapse_plan(args) -> tuple[list[dict], list[int], list[str]]:
     def conv(C, hw):
         return {"name": f"conv3×3 {C}→{C} @{hw}×{hw}", "C": C, "O": C, "hw": hw, "k": 3}
@@ -549,6 +644,12 @@ def section_synapse(rep, timer, budget, ceil, dev, args) -> None:
                 for inp in ("codes", "float"):
                     guarded(rep, budget, "synapse", f"{layer['name']} B={B} {scheme} {inp}")(
                         lambda: synapse_row(rep, timer, ceil, layer, B, scheme, inp, dev))
+            if layer["hw"] is None:  # fused rows on the conv shapes only
+                continue
+            for scheme in (s for s in ("trit2", "sign1") if s in schemes):
+                for form in ("step", "seq"):
+                    guarded(rep, budget, "synapse", f"fused {form} {layer['name']} B={B} {scheme}")(
+                        lambda: fused_row(rep, timer, ceil, layer, B, scheme, form, dev))
 
 
 # ============================================================================= whole network
@@ -584,6 +685,8 @@ def network_runners(model, spec, dev: str, rep: Report) -> dict:
     from hmdf_deploy.runtime.triton_backend import TritonBackend
 
     loop, scan = TritonBackend(model), TritonBackend(model, scan=True)
+    fused, scan_fused, note = fused_counts(model, scan)
+    rep.add("notes", note)
     ref = Reference(on_device(model, dev))
     state: dict = {}
 
@@ -595,9 +698,11 @@ def network_runners(model, spec, dev: str, rep: Report) -> dict:
         return out.cpu()
 
     r = {
-        TRITON_NUMPY: {"run": loop.run, "step": loop.step, "reset": loop.reset, "feed": "numpy"},
-        TRITON_DEVICE: {"run": loop.run, "step": loop.step, "reset": loop.reset, "feed": "device", "same_as": TRITON_NUMPY},
-        "hmdf triton scan (device input)": {"run": scan.run, "step": None, "reset": scan.reset, "feed": "device"},
+        TRITON_NUMPY: {"run": loop.run, "step": loop.step, "reset": loop.reset, "feed": "numpy", "fused": fused},
+        TRITON_DEVICE: {"run": loop.run, "step": loop.step, "reset": loop.reset, "feed": "device",
+                        "same_as": TRITON_NUMPY, "fused": fused},
+        "hmdf triton scan (device input)": {"run": scan.run, "step": None, "reset": scan.reset, "feed": "device",
+                                            "fused": scan_fused},
         "hmdf torch Reference on device (loop)": {"run": lambda x: ref.run(x).cpu(), "step": ref_step,
                                                   "reset": lambda: None, "feed": "device"},
     }
@@ -624,6 +729,24 @@ def network_runners(model, spec, dev: str, rep: Report) -> dict:
     r["SpikingJelly LIF single-step"] = {"run": None, "step": sj_step, "reset": lambda: pm.sj_reset(single),
                                          "feed": "device", "peer": True}
     return r
+
+
+def fused_counts(model, scan) -> tuple[str, str, str]:
+    """How many synapses run in one kernel with their neuron ("k of n"), in the loop backend and in
+    the scan backend's `run` (which gives a scannable neuron its synapse's current instead), and a
+    note naming the rest: the share of fused layers is what the triton rows mostly reflect."""
+    from hmdf_deploy.deploy.graph import Neuron, Synapse
+
+    synapses = [n.name for n in model.nodes if isinstance(n, Synapse)]
+    reader = {n.inputs[0]: n.name for n in model.nodes if isinstance(n, Neuron)}
+    scanned = [s for s in scan.fused if scan.layers[reader[s]].scannable]
+    rest = [s for s in synapses if s not in scan.fused]
+    both, seq = f"{len(scan.fused)} of {len(synapses)}", f"{len(scan.fused) - len(scanned)} of {len(synapses)}"
+    note = (f"network: {both} synapses run fused with their neuron (`synapse_neuron`, one kernel) in the triton "
+            f"backend's `step` and `run`; not fused (read by something other than one neuron, or the output): "
+            f"{', '.join(rest) or 'none'}; with scan=True, `run` fuses {seq} (a scannable neuron takes "
+            f"`synapse` + `neuron_scan`)")
+    return both, seq, note
 
 
 def network_checks(rep, model, config, runners, dev) -> None:
@@ -706,7 +829,7 @@ def network_config(rep, budget, runners, kind: str, B: int, config, dev, repeats
     x = nets.inputs(config, False, B, torch.Generator().manual_seed(5))
     use = {k: r for k, r in runners.items() if r["run" if kind == "seq" else "step"] is not None}
     feeds = {k: (x.numpy() if r["feed"] == "numpy" else x.to(dev)) for k, r in use.items()}
-    for k, r in use.items():  # warm-up: compiles every kernel variant (t = 0, 1, 2, … specialise)
+    for k, r in use.items():  # warm-up: compiles each kernel variant a runner uses (layer shape, form)
         r["run"](feeds[k]) if kind == "seq" else step_all(r, feeds[k])
     samples: dict[str, list[float]] = {k: [] for k in use}
     keys = list(use)
@@ -721,7 +844,7 @@ def network_config(rep, budget, runners, kind: str, B: int, config, dev, repeats
                 samples[k].append(statistics.median(time_steps(use[k], feeds[k], min_time)))
     for k, s in samples.items():
         st = _common.stats(s)
-        row = {"kind": kind, "B": B, "T": config.T, "backend": k, "per_call_s": st}
+        row = {"kind": kind, "B": B, "T": config.T, "backend": k, "per_call_s": st, "fused": use[k].get("fused")}
         if kind == "seq":
             row["samples_per_s"] = B / st["median"]
         rep.add("network", row)
@@ -765,7 +888,8 @@ def render(d: dict) -> str:
             "meaningless; only the checks and that each path runs mean anything.**\n\n" if smoke and m.get("device") != "cuda"
             else "**SMOKE RUN (tiny shapes): timings say little.**\n\n" if smoke else "")
     lines = [f"# Triton kernels on {m.get('gpu', '?')}", "", warn + meta_line(m), ""]
-    lines += render_ceilings(d) + render_neuron(d) + render_synapse(d) + render_network(d) + render_tail(d)
+    lines += render_ceilings(d) + render_neuron(d) + render_synapse(d) + render_fused(d) + render_network(d)
+    lines += render_tail(d)
     return "\n".join(lines)
 
 
@@ -836,6 +960,25 @@ def render_synapse(d: dict) -> list[str]:
             _common.md_table(["layer", "B", "dtype", "µs (p10–p90)", "GB/s", "TFLOP/s", "of floor"], drows), ""]
 
 
+def render_fused(d: dict) -> list[str]:
+    if not d["fused"]:
+        return []
+    rows = [[r["layer"], r["B"], r["scheme"], r["form"], r["T"], check_cell(r["check"]), pct(r["fire"]),
+             us(r["two"]["time"]), us(r["fused"]["time"]), f"{r['two_over_fused']:.2f}×",
+             f"{r['two']['bytes'] / 1e6:.3g}", f"{r['fused']['bytes'] / 1e6:.3g}",
+             pct(r["two"]["of_floor"]), pct(r["fused"]["of_floor"])] for r in d["fused"]]
+    return ["## Synapse + neuron in one kernel (`synapse_neuron`)", "",
+            "Code inputs, HM-DF neuron with 4-bit codes out. two = `synapse` then `neuron_steps` (two launches, "
+            "a float32 current written and read back); fused = `synapse_neuron` (one launch, the current in "
+            "registers). step: one streaming step (T = 1, membrane in and out); seq: T steps from v = 0 in one "
+            "call, no state kept (two: the synapse over T·B rows, then `neuron_steps` over T). Check: fused "
+            "spikes and membrane bit-equal to two's (torch.equal). fire: share of nonzero codes. Bytes and "
+            "floor per path (int8 matmul rate); two ÷ fused > 1: the fused kernel is faster.", "",
+            _common.md_table(["layer", "B", "weights", "form", "T", "check", "fire", "two µs (p10–p90)",
+                              "fused µs (p10–p90)", "two ÷ fused", "MB two", "MB fused", "two of floor",
+                              "fused of floor"], rows), ""]
+
+
 def render_network(d: dict) -> list[str]:
     if not d["network_checks"] and not d["network"]:
         return []
@@ -843,7 +986,7 @@ def render_network(d: dict) -> list[str]:
     crow = [[r["backend"], r["form"], f"{r['max_abs']:.2e}", f"{r['logit_scale']:.2f}", f"{100 * r['pred_differ']:.1f}%",
              "ok" if r["ok"] else "FAIL (> 5% of max |logit|)"] for r in d["network_checks"]]
     rate = next((r["spike_rate"] for r in d["network_checks"] if r.get("spike_rate") is not None), None)
-    out = ["## Whole network", "", *notes, "",
+    out = ["## Whole network", "", *[f"- {n}" for n in notes], "",
            f"Agreement with the CPU `Reference` loop (batch 4, T steps; pred. differ: share of (t, sample) whose "
            f"argmax of the running logit sum differs){'' if rate is None else f'; spike rate {100 * rate:.0f}%'}:", "",
            _common.md_table(["backend", "form", "max |Δ logits|", "max |logit|", "pred. differ", "check"], crow), ""]
@@ -855,11 +998,13 @@ def render_network(d: dict) -> list[str]:
                 st, b = r["per_call_s"], base.get((kind, r["B"]))
                 rows.append([r["backend"], r["B"], r["T"], f"{st['median'] * 1e3:.3f} ({st['min'] * 1e3:.3f}–{st['max'] * 1e3:.3f})",
                              f"{r['samples_per_s']:.0f}" if kind == "seq" else "—",
-                             f"{st['median'] / b:.2f}×" if b else "—", st["n"]])
+                             f"{st['median'] / b:.2f}×" if b else "—", r.get("fused") or "—", st["n"]])
         if rows:
             out += [f"{title}; median (min–max) over n interleaved repeats; ÷ triton = this time ÷ the time of "
-                    f"{TRITON_DEVICE!r} in the same configuration:", "",
-                    _common.md_table(["backend", "B", "T", "ms per call", "samples/s", "÷ triton", "n"], rows), ""]
+                    f"{TRITON_DEVICE!r} in the same configuration; fused synapses: how many of the model's "
+                    f"synapses that backend runs in one kernel with their neuron:", "",
+                    _common.md_table(["backend", "B", "T", "ms per call", "samples/s", "÷ triton", "fused synapses",
+                                      "n"], rows), ""]
     return out
 
 

@@ -338,6 +338,21 @@ def test_fused_synapse_neuron_equals_the_two_kernels(layer, model, spikes, weigh
         assert torch.equal(v, want_v) and torch.equal(got_v, want_v)
 
 
+def test_misuse_is_refused_before_a_kernel_runs():
+    """Kernels index blindly: a membrane of another shape or no time step must be caught first."""
+    g = torch.Generator().manual_seed(13)
+    packed = pack_weight(codes_for("1.5bit", (4, 3, 3, 3), g), "1.5bit")
+    p = NeuronParams.from_node(neuron("hmdf", "4bit", 1, "C", False, g, C=4), "cpu")
+    x, one, zero = torch.zeros(2, 3, 5, 5), torch.ones(1, 4), torch.zeros(1, 4)
+    with pytest.raises(ValueError, match=r"membrane of shape \(2, 4, 5, 4\) \(torch.float32\), expected \(2, 4, 5, 5\)"):
+        synapse_neuron(x, packed, one, zero, p, padding=1, v=torch.zeros(2, 4, 5, 4))
+    with pytest.raises(ValueError, match=r"expected \(2, 4, 5, 5\) \(torch.float32\)"):
+        neuron_steps(torch.zeros(1, 2, 4, 5, 5), p, v=torch.zeros(2, 4, 5, 5, dtype=torch.float64))
+    for fn in (synapse, lambda *a, **k: synapse_neuron(*a[:4], p, **k)):
+        with pytest.raises(ValueError, match="2 rows do not split into 0 steps"):
+            fn(x, packed, one, zero, padding=1, steps=0)
+
+
 def test_fused_zero_batch_keeps_the_state():
     g = torch.Generator().manual_seed(12)
     packed = pack_weight(codes_for("1.5bit", (4, 3, 3, 3), g), "1.5bit")

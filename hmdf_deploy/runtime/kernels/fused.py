@@ -20,7 +20,9 @@ import triton.language as tl
 from torch import Tensor
 
 from hmdf_deploy.runtime.kernels.gemm import SCHEMES, PackedWeight, blocks, conv_geometry, integer_dot, synapse_tile
-from hmdf_deploy.runtime.kernels.neuron import PARALLEL, NeuronParams, fire, param, param_args, store_spikes
+from hmdf_deploy.runtime.kernels.neuron import (
+    PARALLEL, NeuronParams, check_state, fire, param, param_args, store_spikes,
+)
 
 
 @triton.jit(do_not_specialize=["t0"])
@@ -65,12 +67,13 @@ def synapse_neuron(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, p: 
     (B, O, Ho, Wo) before them (None: 0). Returns the spikes (steps·B, O, …) (uint8 codes or float32)
     and, when `keep_state` and the neuron is stateful, the membrane after the last step."""
     g = conv_geometry(x, w, stride, padding, steps)
-    B = g.N // max(steps, 1)
+    B = g.N // steps
     spikes = torch.empty(g.out_shape, dtype=torch.uint8 if p.codes else torch.float32, device=x.device)
     stateful = p.model != PARALLEL
+    check_state(v, (B, *g.out_shape[1:]))
     v_out = torch.empty((B, *g.out_shape[1:]), dtype=torch.float32, device=x.device) if keep_state and stateful else None
     M = B * g.Ho * g.Wo
-    if M == 0 or steps == 0:
+    if M == 0:
         if v_out is not None:
             v_out.copy_(v if v is not None else torch.zeros_like(v_out))
         return spikes, v_out

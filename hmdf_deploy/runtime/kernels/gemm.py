@@ -169,7 +169,7 @@ def conv_geometry(x: Tensor, w: PackedWeight, stride: int, padding: int, steps: 
     Cin, H, W = (x.shape[1], 1, 1) if linear else x.shape[1:]
     if Cin != w.in_channels:
         raise ValueError(f"input has {Cin} channels, the weights expect {w.in_channels}")
-    if N % max(steps, 1):
+    if steps < 1 or N % steps:
         raise ValueError(f"{N} rows do not split into {steps} steps")
     (KH, KW), O = w.kernel, w.out_channels
     Ho, Wo = (H + 2 * padding - KH) // stride + 1, (W + 2 * padding - KW) // stride + 1
@@ -198,7 +198,7 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
     _synapse_kernel[(triton.cdiv(M, BM), triton.cdiv(w.out_channels, BN))](
         x.contiguous(), w.data, scale, shift, out,
         M, w.out_channels, w.K, g.Cin, g.H, g.W, g.Ho, g.Wo, stride, padding, w.data.shape[1],
-        M // max(steps, 1), t0, scale.shape[0], scale.shape[1],
+        M // steps, t0, scale.shape[0], scale.shape[1],
         KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w),
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
         enable_fp_fusion=False)  # the epilogue rounds like torch: a multiply, then an add

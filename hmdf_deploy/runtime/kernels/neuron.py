@@ -181,6 +181,12 @@ def param_args(p: NeuronParams) -> list:
             k, c, k.shape[0], k.shape[1]]
 
 
+def check_state(v: Tensor | None, shape: tuple[int, ...]) -> None:
+    """A membrane passed in must be float32 and of the layer's (B, C, …) shape: the kernels index it blindly."""
+    if v is not None and (tuple(v.shape) != tuple(shape) or v.dtype != torch.float32):
+        raise ValueError(f"membrane of shape {tuple(v.shape)} ({v.dtype}), expected {tuple(shape)} (torch.float32)")
+
+
 def _spikes(i: Tensor, p: NeuronParams) -> Tensor:
     return torch.empty(i.shape, dtype=torch.uint8 if p.codes else torch.float32, device=i.device)
 
@@ -191,6 +197,7 @@ def neuron_steps(i: Tensor, p: NeuronParams, t0: int = 0, v: Tensor | None = Non
     (None: v_{−1} = 0). Returns the spikes (T, B, C, …) and, when `keep_state` and the neuron is
     stateful, the membrane after the last step (a new tensor; v is not modified)."""
     N, C, S = _layout(i)
+    check_state(v, i.shape[1:])
     i = i.to(torch.float32).contiguous()
     s = _spikes(i, p)
     stateful = p.model != PARALLEL
