@@ -11,12 +11,15 @@ logit scale). On these cases that holds with room to spare: 4-bit models agree e
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import nets
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 if sys.platform != "linux":  # triton publishes wheels for Linux only
     pytest.skip("triton is Linux-only", allow_module_level=True)
@@ -24,6 +27,9 @@ if sys.platform != "linux":  # triton publishes wheels for Linux only
 from test_equivalence import CASES
 
 from hmdf_deploy.deploy import Reference
+from hmdf_deploy.deploy.graph import Conv, Pool
+from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.models import ModelConfig
 from hmdf_deploy.runtime import Engine
 from hmdf_deploy.runtime.triton_backend import TritonBackend
 
@@ -90,3 +96,43 @@ def test_a_synapse_read_only_by_its_neuron_runs_fused_with_it():
     assert TritonBackend(_kind("vgg-max-1.5bit-4bit-seca1")).fused == set()
     resnet = _kind("resnet18-fp32-float")
     assert TritonBackend(resnet).fused == {f"blocks.{i}.conv1" for i in range(8)}
+
+
+GEOMETRY_SEEDS = {  # a fused path (plain VGG) and an unfused one (SECA-II, Mem-BN); both end in a
+    # global pool, so any input size and stride still fit the classifier
+    "fused": ModelConfig(arch="vgg", cfg=[4, "M", 6, "G"], input_size=(8, 8), T=2, weights="1.5bit",
+                         spikes="4bit", num_classes=3, quantize_stem=True, pool="max"),
+    "seca": ModelConfig(arch="vgg", cfg=[4, "M", 4, "G"], input_size=(8, 8), T=2, weights="1bit",
+                        spikes="4bit", seca=2, mem_bn=True, num_classes=3),
+}
+_SEEDS: dict = {}
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(data=st.data(), which=st.sampled_from(sorted(GEOMETRY_SEEDS)))
+def test_any_valid_geometry_runs_on_triton_like_the_reference(data, which):
+    """The kernels index memory directly: for any strides, paddings, pool windows and input size
+    that validate (odd, larger than the kernel, or leaving a 1×1 map), the triton backend gives
+    the reference's logits, with only HmdfError for what does not fit."""
+    if which not in _SEEDS:
+        _SEEDS[which] = nets.make_deploy(GEOMETRY_SEEDS[which], False, seed=0)
+    model = copy.deepcopy(_SEEDS[which])
+    model.input_shape = (model.input_shape[0], data.draw(st.integers(5, 13)), data.draw(st.integers(5, 13)))
+    for n in model.nodes:
+        if isinstance(n, Conv) and which == "fused":  # SECA-II needs its conv to keep the map's size
+            n.stride, n.padding = data.draw(st.integers(1, 2)), data.draw(st.integers(0, 3))
+        elif isinstance(n, Pool) and n.mode != "global":
+            n.kernel, n.stride = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+            n.padding = data.draw(st.integers(0, n.kernel // 2))
+    try:
+        model.validate()
+    except HmdfError:
+        return  # does not fit: refused the same way for every executor
+    x = torch.rand(model.T, 2, *model.input_shape, generator=torch.Generator().manual_seed(0)) * 2
+    truth = Reference(model, torch.float64).run(x.double())
+    want = Reference(model).run(x).numpy()
+    check_close(TritonBackend(model).run(x.numpy()), truth, want, "run")
+    backend, steps = TritonBackend(model), []
+    for t in range(model.T):
+        steps.append(backend.step(x[t].numpy(), t))
+    check_close(np.stack(steps), truth, want, "step")
