@@ -173,9 +173,13 @@ def _open_npz(path: Path):
     # np.load would also accept .npy and (refused) pickles; insist on the documented container.
     if magic != b"PK\x03\x04":
         raise HmdfError(f"{path}: not an .npz archive (expected a zip written by numpy.savez).")
+    # NpzFile on our own handle rather than np.load(path): np.load leaves its file open when the
+    # archive is corrupt, and a stream of bad files would leak one descriptor each.
+    f = open(path, "rb")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.lib.npyio.NpzFile(f, own_fid=True, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
+        f.close()
         raise HmdfError(f"{path}: unreadable .npz archive ({e}).") from None
 
 

@@ -327,3 +327,20 @@ def test_absurd_binning_is_refused():
     ev = make_events([0, 0], [0, 0], [0, 10**12], [0, 0])
     with pytest.raises(HmdfError, match="binning would make"):
         to_frames(ev, SENSOR, time_window=1)
+
+
+def test_a_corrupt_archive_leaves_no_file_open(tmp_path):
+    """np.load keeps its handle when the zip is corrupt; a server reading many bad uploads would
+    run out of descriptors. The reader closes it before refusing the file."""
+    import gc
+    import warnings
+
+    path = tmp_path / "bad.npz"
+    path.write_bytes(b"PK\x03\x04" + bytes(200))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):
+            with pytest.raises(HmdfError, match="unreadable .npz archive"):
+                read_events(path)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
