@@ -2,7 +2,7 @@
 
 For a conv / linear layer followed by its neuron (the common case in every architecture here),
 each program computes a tile of the synapse (`gemm.synapse_tile`: packed weights, exact int32 on
-4-bit codes, per-(t, channel) affine) and runs the neuron step on it in registers (`neuron.fire`),
+4-bit codes, per-(t, channel) affine) and runs the neuron step on it in registers (`neuron.neuron_step`),
 storing only the spikes (uint8 codes or float32) and, at the end, the membrane. Steps loop inside
 the program with the membrane in registers, so the same kernel serves one streaming step (T = 1,
 membrane in and out) and a whole sequence (T steps from v = 0).
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from hmdf_deploy.runtime.kernels.gemm import SCHEMES, PackedWeight, blocks, conv_geometry, integer_dot, synapse_tile
 from hmdf_deploy.runtime.kernels.neuron import (
-    PARALLEL, NeuronParams, check_state, fire, param, param_args, store_spikes,
+    PARALLEL, NeuronParams, check_state, neuron_step, param_args, store_spikes,
 )
 
 
@@ -50,10 +50,8 @@ def _synapse_neuron_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, s_ptr, v_in_ptr, v_out_
         i = synapse_tile(x_ptr + j * x_step, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, t + m * 0,
                          O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes, aff_rows, aff_cols,
                          KH, KW, SCHEME, INT, BLOCK_M, BLOCK_N, BLOCK_K)
-        if AFFINE:
-            i = param(k_ptr, in_rows, in_cols, t, ch) * i + param(c_ptr, in_rows, in_cols, t, ch)
-        th = tl.load(th_ptr + tl.minimum(t, th_rows - 1))
-        s, v = fire(i, v, th, lk_ptr, lk_rows, lk_cols, t, ch, MODEL)
+        s, v = neuron_step(i, v, t, ch, th_ptr, th_rows, lk_ptr, lk_rows, lk_cols, k_ptr, c_ptr, in_rows, in_cols,
+                           MODEL, AFFINE)
         store_spikes(s_ptr + j * out_step + here, s, mask, CODES)
     if STATE_OUT:
         tl.store(v_out_ptr + here, v, mask=mask)

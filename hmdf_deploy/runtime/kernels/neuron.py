@@ -81,8 +81,12 @@ def spike_code(s):
 
 
 @triton.jit
-def fire(x, v, th, lk_ptr, lk_rows, lk_cols, t, ch, MODEL: tl.constexpr):
-    """One step on the current x (after its affine) from membrane v: returns (spike, membrane)."""
+def neuron_step(x, v, t, ch, th_ptr, th_rows, lk_ptr, lk_rows, lk_cols, k_ptr, c_ptr, aff_rows, aff_cols,
+                MODEL: tl.constexpr, AFFINE: tl.constexpr):
+    """Step t of a neuron on its input current x from membrane v: returns (spike, membrane)."""
+    if AFFINE:
+        x = param(k_ptr, aff_rows, aff_cols, t, ch) * x + param(c_ptr, aff_rows, aff_cols, t, ch)
+    th = tl.load(th_ptr + tl.minimum(t, th_rows - 1))
     if MODEL == 2:  # parallel: stateless
         s = tl.maximum(x - th, 0.0)
     else:
@@ -126,10 +130,8 @@ def _steps_kernel(i_ptr, s_ptr, v_in_ptr, v_out_ptr,
     for j in range(T):
         t = t0 + j
         x = tl.load(i_ptr + j * N + e, mask=mask, other=0.0)
-        if AFFINE:
-            x = param(k_ptr, aff_rows, aff_cols, t, ch) * x + param(c_ptr, aff_rows, aff_cols, t, ch)
-        th = tl.load(th_ptr + tl.minimum(t, th_rows - 1))
-        s, v = fire(x, v, th, lk_ptr, lk_rows, lk_cols, t, ch, MODEL)
+        s, v = neuron_step(x, v, t, ch, th_ptr, th_rows, lk_ptr, lk_rows, lk_cols, k_ptr, c_ptr, aff_rows, aff_cols,
+                           MODEL, AFFINE)
         store_spikes(s_ptr + j * N + e, s, mask, CODES)
     if STATE_OUT:
         tl.store(v_out_ptr + e, v, mask=mask)
