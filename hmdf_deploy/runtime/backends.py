@@ -103,9 +103,10 @@ def make_backend(model: DeployModel | Path, name: str = "auto"):
         if name in ("torch", "triton"):
             raise HmdfError(f"an .onnx file runs on the onnxruntime backend; pass the .hmdf file for --backend {name}")
         return OnnxBackend(model)
-    if name == "auto":
-        name = next(b for b in ("triton", "onnxruntime", "torch") if b in available_backends()
-                    and (b != "triton" or torch.cuda.is_available()))
+    if name == "auto":  # never the interpreter: it is for tests, not for speed
+        usable = available_backends()
+        name = ("triton" if "triton" in usable and torch.cuda.is_available()
+                else "onnxruntime" if "onnxruntime" in usable else "torch")
     if name == "torch":
         return TorchBackend(model)
     if name == "triton":
