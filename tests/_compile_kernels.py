@@ -1,5 +1,5 @@
-"""Compile every variant of the Triton kernels for an NVIDIA GPU (sm_90) without one, and print
-what the PTX shows, one JSON object per variant. Run by tests/test_triton_kernels.py in a fresh
+"""Compile every variant of the Triton kernels for an NVIDIA H100 / H200 (sm_90) without a GPU, and
+a few for an A100 (sm_80), and print what the PTX shows, one JSON object per variant and target. Run by tests/test_triton_kernels.py in a fresh
 process without TRITON_INTERPRET (in the interpreter nothing is compiled).
 
 Compiling needs no GPU: Triton lowers to PTX with the target given, and ptxas ships in its wheel.
@@ -19,15 +19,17 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from hmdf_deploy.runtime.kernels import fused, gemm, neuron  # noqa: E402
 
-TARGET = GPUTarget("cuda", 90, 32)
+TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "sm80": GPUTarget("cuda", 80, 32)}
+#: On sm_80 (no wgmma: mma.sync instead) the variants whose lowering differs most.
+SM80 = ("synapse-trit2-int", "synapse-sign1-float", "fused-trit2-int-hmdf-codes", "steps-hmdf-codes", "scan-codes")
 
 
-def compile_ptx(fn, pointers: dict[str, str], constants: dict) -> str:
+def compile_ptx(fn, pointers: dict[str, str], constants: dict, target: str) -> str:
     """PTX of `fn` with the given pointer element types, constexprs, every other argument i32."""
     names = fn.arg_names
     signature = {n: pointers.get(n) and "*" + pointers[n] or ("constexpr" if n in constants else "i32") for n in names}
     source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()})
-    return triton.compile(source, target=TARGET, options={"enable_fp_fusion": False}).asm["ptx"]
+    return triton.compile(source, target=TARGETS[target], options={"enable_fp_fusion": False}).asm["ptx"]
 
 
 def features(ptx: str) -> dict:
@@ -75,4 +77,6 @@ def variants():
 
 if __name__ == "__main__":
     for name, fn, ptrs, consts in variants():
-        print(json.dumps({"variant": name, **features(compile_ptx(fn, ptrs, consts))}), flush=True)
+        for target in ("sm90", "sm80") if name in SM80 else ("sm90",):
+            ptx = compile_ptx(fn, ptrs, consts, target)
+            print(json.dumps({"variant": name, "target": target, **features(ptx)}), flush=True)
