@@ -354,6 +354,32 @@ def test_misuse_is_refused_before_a_kernel_runs():
             fn(x, packed, one, zero, padding=1, steps=0)
 
 
+def test_fused_kernel_reads_no_parameter_past_its_end():
+    """Masked output channels (O = 19 in tiles of 16) must not gather per-channel parameters from
+    beyond their tensors: each one here sits right before a run of 3e38, which would overflow."""
+    import warnings
+
+    g = torch.Generator().manual_seed(14)
+    O = 19
+
+    def fenced(values: torch.Tensor) -> torch.Tensor:
+        buffer = torch.full((values.numel() + 64,), 3e38)
+        buffer[:values.numel()] = values.reshape(-1)
+        return buffer[:values.numel()].view(values.shape)
+
+    p = NeuronParams(0, True, threshold=torch.full((1, 1), 0.5), leak=fenced(torch.rand(1, O, generator=g)),
+                     in_scale=fenced(torch.rand(1, O, generator=g) + 0.5), in_shift=fenced(torch.zeros(1, O)))
+    packed = pack_weight(codes_for("1.5bit", (O, 3, 3, 3), g), "1.5bit")
+    x = activations("codes", (4, 3, 6, 6), g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got, _ = synapse_neuron(x, packed, fenced(torch.ones(1, O)), fenced(torch.zeros(1, O)), p, padding=1,
+                                steps=2, tiles=(16, 16, 32))
+    current = synapse(x, packed, torch.ones(1, O), torch.zeros(1, O), padding=1, steps=2)
+    want, _ = neuron_steps(current.reshape(2, 2, O, 6, 6), p)
+    assert torch.equal(got, want.reshape(got.shape))
+
+
 def test_fused_zero_batch_keeps_the_state():
     g = torch.Generator().manual_seed(12)
     packed = pack_weight(codes_for("1.5bit", (4, 3, 3, 3), g), "1.5bit")

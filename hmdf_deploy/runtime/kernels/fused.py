@@ -41,7 +41,7 @@ def _synapse_neuron_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, s_ptr, v_in_ptr, v_out_
     here = ((m // P)[:, None] * O + o[None, :]) * P + (m % P)[:, None]  # offset in (B, O, Ho, Wo)
     x_step = (M // P) * Cin * H * W  # one step's input (B, C, H, W) and output (B, O, Ho, Wo)
     out_step = M * O
-    ch = o[None, :]
+    ch = tl.minimum(o, O - 1)[None, :]  # masked columns still read an existing channel's parameters
     v = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if STATE_IN:
         v = tl.load(v_in_ptr + here, mask=mask, other=0.0)
