@@ -1,8 +1,8 @@
 """The triton backend: a DeployModel on the Triton kernels (`hmdf_deploy.runtime.kernels`).
 
 Synapses run the packed implicit-GEMM kernel (weights stay 1 / 2 bits per code on the device);
-a synapse read only by a neuron runs in one kernel with it (`kernels.fused`); other neurons run the
-fused step kernel, or the scan of SPEC §7 for whole sequences (`scan=True`). 4-bit
+in a streaming step a synapse read only by a neuron runs in one kernel with it (`kernels.fused`);
+other neurons run the fused step kernel, or the scan of SPEC §7 for whole sequences (`scan=True`). 4-bit
 spikes travel between layers as uint8 codes, so a code-fed synapse accumulates exactly in int32.
 The small weightless nodes (add, SECA, pooling, flatten) run in torch on the same device.
 
@@ -111,11 +111,14 @@ class TritonBackend:
 
     def _neuron(self, n: Neuron, values: dict, t0: int, steps: int, state: dict | None, scan: bool):
         """A neuron's spikes (steps·B, …) and membrane: fused with its synapse when it is the synapse's
-        only reader, else on the synapse's output; by the scan on request when the neuron allows it."""
+        only reader and this is one streaming step, else on the synapse's output; by the scan on
+        request when the neuron allows it."""
         p, v = self.layers[n.name], None if state is None else state.get(n.name)
         keep = state is not None
         syn = self.model.node(n.inputs[0]) if n.inputs[0] in self.fused else None
-        if syn is not None and not (scan and p.scannable):
+        # Fused, a program loops over the steps itself, so a sequence spreads over T times fewer
+        # programs: on an H200 that was slower than the two kernels (RESULTS.md, "GPU kernels").
+        if syn is not None and steps == 1:
             w, scale, shift = self.layers[syn.name]
             return self.k.synapse_neuron(values[syn.inputs[0]], w, scale, shift, p, t0=t0, steps=steps,
                                          v=v, keep_state=keep, **_geometry(syn))
@@ -147,8 +150,8 @@ def _geometry(n: Synapse) -> dict:
 
 
 def _fusable(model: DeployModel) -> set[str]:
-    """Synapses whose only reader is a neuron (and not the model's output): each runs in one kernel
-    with that neuron, so its output current never goes to memory."""
+    """Synapses whose only reader is a neuron (and not the model's output): in a streaming step each
+    runs in one kernel with that neuron, so its output current never goes to memory."""
     readers: dict[str, list] = {}
     for n in model.nodes:
         for i in n.inputs:

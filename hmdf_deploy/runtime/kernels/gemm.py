@@ -139,26 +139,23 @@ def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr,
     tl.store(out, y, mask=mmask[:, None] & omask[None, :])
 
 
-#: Programs wanted per launch on a GPU: two per SM of an H100 / H200 (132 SMs), so that a batch-1
-#: layer (few output rows) still fills the chip (benchmarks/RESULTS.md, "GPU kernels").
-TARGET_PROGRAMS = 264
-
-
 def blocks(M: int, O: int, K: int, interpreted: bool = False) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K): tiles of at least 16 (tl.dot's minimum), at most 64 on a GPU,
-    the largest that still give TARGET_PROGRAMS programs; a longer K step when K is long.
-    The interpreter runs each program in Python, so there larger tiles (fewer programs) are faster."""
-    def fit(n: int, high: int) -> int:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) for M output rows (samples × pixels), O channels, K = C·kh·kw.
+
+    On a GPU, from a sweep on an H200 (benchmarks/triton_tiles.py, RESULTS.md "GPU kernels"): large
+    tiles for many rows; for few rows (batch 1) narrower ones, so the layer still spreads over the
+    SMs, and with very few rows (8×8 maps, linear layers) a long K step. The interpreter runs each
+    program in Python, so there the largest tiles (fewest programs) are fastest."""
+    def fit(n: int, high: int) -> int:  # tl.dot needs at least 16
         return max(16, min(high, triton.next_power_of_2(max(n, 1))))
 
     if interpreted:
         return fit(M, 256), fit(O, 128), fit(K, 128)
-    BK = 64 if K >= 512 else 32
-    for bm, bn in ((64, 64), (32, 64), (32, 32), (16, 32), (16, 16)):
-        BM, BN = fit(M, bm), fit(O, bn)
-        if triton.cdiv(M, BM) * triton.cdiv(O, BN) >= TARGET_PROGRAMS:
-            break
-    return BM, BN, BK
+    if M >= 2048:
+        return 64, fit(O, 64), 64 if M >= 4096 else 32
+    if M >= 128:
+        return 32, fit(O, 64), 64
+    return 16, 16, 128
 
 
 class Geometry(NamedTuple):
