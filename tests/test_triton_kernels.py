@@ -31,6 +31,9 @@ import torch.nn.functional as F
 
 if sys.platform != "linux":  # triton publishes wheels for Linux only
     pytest.skip("triton is Linux-only", allow_module_level=True)
+if not os.environ.get("TRITON_INTERPRET"):  # a CUDA machine: conftest.py leaves the kernels compiled
+    pytest.skip("these tests hand CPU tensors to the kernels: run them with TRITON_INTERPRET=1 "
+                "(tests/test_triton_backend.py checks the compiled kernels)", allow_module_level=True)
 
 from hmdf_deploy.deploy.graph import DeployModel, Flatten, Neuron
 from hmdf_deploy.deploy.pack import unpack
