@@ -77,7 +77,7 @@ class TritonBackend:
     @torch.no_grad()
     def step(self, x_t: np.ndarray, t: int) -> np.ndarray:
         x = torch.as_tensor(x_t, dtype=torch.float32).to(self.device)
-        logits, self.state = self._forward(x, t, 1, self.state, scan=False)
+        logits, self.state = self._forward(x, t, 1, self.state)
         return logits.cpu().numpy()
 
     @torch.no_grad()
@@ -86,10 +86,10 @@ class TritonBackend:
         self.reset()
         x = torch.as_tensor(x, dtype=torch.float32).to(self.device)
         T, B = x.shape[:2]
-        logits, _ = self._forward(x.reshape(T * B, *x.shape[2:]), 0, T, None, scan=self.scan)
+        logits, _ = self._forward(x.reshape(T * B, *x.shape[2:]), 0, T, None)
         return logits.reshape(T, B, *logits.shape[1:]).cpu().numpy()
 
-    def _forward(self, x: Tensor, t0: int, steps: int, state: dict | None, scan: bool) -> tuple[Tensor, dict]:
+    def _forward(self, x: Tensor, t0: int, steps: int, state: dict | None) -> tuple[Tensor, dict]:
         """The graph on `steps` time steps from t0 of B samples each (x: (steps·B, …), time-major),
         from the membranes in `state` (None: a fresh sequence, whose final state is not kept).
         Returns the logits (steps·B, K) and the new state."""
@@ -98,7 +98,7 @@ class TritonBackend:
             if n.name in self.fused:
                 continue  # computed with the neuron that reads it, below
             if isinstance(n, Neuron):
-                s, v = self._neuron(n, values, t0, steps, state, scan)
+                s, v = self._neuron(n, values, t0, steps, state)
                 values[n.name] = s
                 if v is not None:
                     new_state[n.name] = v
@@ -109,7 +109,7 @@ class TritonBackend:
                 values[n.name] = self._weightless(n, [values[i] for i in n.inputs])
         return values[self.model.output], new_state
 
-    def _neuron(self, n: Neuron, values: dict, t0: int, steps: int, state: dict | None, scan: bool):
+    def _neuron(self, n: Neuron, values: dict, t0: int, steps: int, state: dict | None):
         """A neuron's spikes (steps·B, …) and membrane: fused with its synapse when it is the synapse's
         only reader and this is one streaming step, else on the synapse's output; by the scan on
         request when the neuron allows it."""
@@ -122,13 +122,13 @@ class TritonBackend:
             w, scale, shift = self.layers[syn.name]
             return self.k.synapse_neuron(values[syn.inputs[0]], w, scale, shift, p, t0=t0, steps=steps,
                                          v=v, keep_state=keep, **_geometry(syn))
-        if syn is not None:  # the scan reads the synapse's output
+        if syn is not None:  # a sequence: the synapse alone, its current through memory
             w, scale, shift = self.layers[syn.name]
             i = self.k.synapse(values[syn.inputs[0]], w, scale, shift, t0=t0, steps=steps, **_geometry(syn))
         else:
             i = values[n.inputs[0]]
         i = i.reshape(steps, -1, *i.shape[1:])
-        if scan and p.scannable and v is None:
+        if self.scan and state is None and p.scannable:  # a whole sequence from v = 0
             s = self.k.neuron_scan(i, p)
         else:
             s, v = self.k.neuron_steps(i, p, t0, v, keep_state=keep)
