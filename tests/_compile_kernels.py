@@ -21,7 +21,7 @@ from hmdf_deploy.runtime.kernels import fused, gemm, neuron  # noqa: E402
 
 TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "sm80": GPUTarget("cuda", 80, 32)}
 #: On sm_80 (no wgmma: mma.sync instead) the variants whose lowering differs most.
-SM80 = ("synapse-trit2-int", "synapse-sign1-float", "fused-trit2-int-hmdf-codes", "steps-hmdf-codes", "scan-codes")
+SM80 = ("synapse-trit2-int-taps", "synapse-sign1-float-taps", "fused-trit2-int-hmdf-codes", "steps-hmdf-codes", "scan-codes")
 
 
 def compile_ptx(fn, pointers: dict[str, str], constants: dict, target: str) -> str:
@@ -47,10 +47,13 @@ def features(ptx: str) -> dict:
 def variants():
     for scheme, code in gemm.SCHEMES.items():
         for integer in (False, True) if scheme != "fp32" else (False,):
-            ptrs = {"x_ptr": "u8" if integer else "fp32", "w_ptr": "fp32" if scheme == "fp32" else "u8",
+            ptrs = {"x_ptr": "i8" if integer else "fp32", "w_ptr": "fp32" if scheme == "fp32" else "u8",
                     "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"}
-            yield (f"synapse-{scheme}-{'int' if integer else 'float'}", gemm._synapse_kernel, ptrs,
-                   dict(KH=3, KW=3, SCHEME=code, INT=integer, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32))
+            for taps in (True, False):  # K steps tap by tap, or flat over the taps (few channels)
+                yield (f"synapse-{scheme}-{'int' if integer else 'float'}-{'taps' if taps else 'flat'}",
+                       gemm._synapse_kernel, ptrs,
+                       dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=taps, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32,
+                            AHEAD=1 if taps else 2))
     models = (("hmdf", neuron.HMDF), ("lif", neuron.LIF), ("parallel", neuron.PARALLEL))
     f32 = dict.fromkeys(["sc_ptr", "sh_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
     for scheme, code in gemm.SCHEMES.items():
@@ -61,8 +64,8 @@ def variants():
                         "s_ptr": "u8" if codes else "fp32"}
                 yield (f"fused-{scheme}-{'int' if integer else 'float'}-{model}-{'codes' if codes else 'float'}",
                        fused._synapse_neuron_kernel, ptrs,
-                       dict(KH=3, KW=3, SCHEME=code, INT=integer, MODEL=mcode, CODES=codes, AFFINE=True,
-                            STATE_IN=True, STATE_OUT=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32))
+                       dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=True, MODEL=mcode, CODES=codes, AFFINE=True,
+                            STATE_IN=True, STATE_OUT=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, AHEAD=1))
     f32 = dict.fromkeys(["i_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
     for model, code in models:
         for codes in (False, True):

@@ -228,8 +228,9 @@ GEOMETRIES = [  # (C_in, H, W, O, kh, kw, stride, padding)
     (4, 6, 6, 17, 1, 1, 1, 0),
     (2, 11, 8, 6, 5, 3, 2, 2),
     (3, 13, 13, 8, 7, 7, 2, 3),
+    (40, 5, 6, 9, 3, 3, 1, 1),  # K steps tap by tap, two channel blocks at the small tiles
 ]
-TILES = [None, (16, 16, 32)]  # the interpreter's default tiles, and a GPU-sized tiling
+TILES = [None, (16, 16, 32, 2)]  # the interpreter's default tiles; GPU-sized ones, loads 2 steps ahead
 
 
 @pytest.mark.parametrize("tiles", TILES, ids=["default-tiles", "small-tiles"])
@@ -274,13 +275,18 @@ def test_linear_equals_torch(weights, inputs, tiles):
 
 @pytest.mark.parametrize("weights, scheme, per_byte", [("1.5bit", "trit2", 4), ("1bit", "sign1", 8)])
 def test_weights_stay_packed(weights, scheme, per_byte):
-    """The device holds 2 (trits) or 1 (signs) bits per weight, one whole-byte row per output channel."""
+    """The device holds 2 (trits) or 1 (signs) bits per weight: per output channel a row of 9 taps,
+    each tap's 7 channels rounded up to whole bytes."""
     g = torch.Generator().manual_seed(8)
-    weight = codes_for(weights, (6, 7, 3, 3), g)  # K = 63: rows end in a partial byte
+    weight = codes_for(weights, (6, 7, 3, 3), g)  # 7 channels: every tap ends in a partial byte
     packed = pack_weight(weight, weights)
-    assert packed.data.dtype == torch.uint8 and packed.data.shape == (6, math.ceil(63 / per_byte))
+    per_tap = math.ceil(7 / per_byte)
+    assert packed.data.dtype == torch.uint8 and packed.data.shape == (6, 9 * per_tap)
+    assert packed.tap_channels == per_tap * per_byte and packed.K == 63
     for o in range(6):
-        assert torch.equal(unpack(packed.data[o], 63 + (-63 % per_byte), scheme)[:63], weight[o].reshape(-1))
+        for tap in range(9):
+            row = packed.data[o, tap * per_tap:(tap + 1) * per_tap]
+            assert torch.equal(unpack(row, per_tap * per_byte, scheme)[:7], weight[o, :, tap // 3, tap % 3])
 
 
 def test_synapse_errors_and_empty_batch():
@@ -405,7 +411,7 @@ def test_every_kernel_compiles_for_an_nvidia_gpu():
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     got = {(v.pop("variant"), v.pop("target")): v for v in map(json.loads, done.stdout.splitlines())}
-    assert len(got) == 28 + 5, sorted(got)
+    assert len(got) == 33 + 5, sorted(got)
     for (name, target), ptx in got.items():
         kind, *rest = name.split("-")
         if target == "sm80":  # an A100 has no wgmma: the integer dot is mma.sync on int8

@@ -19,7 +19,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hmdf_deploy.runtime.kernels.gemm import SCHEMES, PackedWeight, blocks, conv_geometry, integer_dot, synapse_tile
+from hmdf_deploy.runtime.kernels.gemm import (
+    SCHEMES, PackedWeight, Tiles, blocks, conv_geometry, integer_dot, synapse_tile, taps,
+)
 from hmdf_deploy.runtime.kernels.neuron import (
     PARALLEL, NeuronParams, check_state, neuron_step, param_args, store_spikes,
 )
@@ -28,11 +30,12 @@ from hmdf_deploy.runtime.kernels.neuron import (
 @triton.jit(do_not_specialize=["t0"])
 def _synapse_neuron_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, s_ptr, v_in_ptr, v_out_ptr,
                            th_ptr, th_rows, lk_ptr, lk_rows, lk_cols, k_ptr, c_ptr, in_rows, in_cols,
-                           M, O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes, aff_rows, aff_cols, T, t0,
+                           M, O, Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols, T, t0,
                            KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr,
+                           TAPS: tl.constexpr,
                            MODEL: tl.constexpr, CODES: tl.constexpr, AFFINE: tl.constexpr,
                            STATE_IN: tl.constexpr, STATE_OUT: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr):
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask, omask = m < M, o < O
@@ -48,8 +51,8 @@ def _synapse_neuron_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, s_ptr, v_in_ptr, v_out_
     for j in range(T):
         t = t0 + j
         i = synapse_tile(x_ptr + j * x_step, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, t + m * 0,
-                         O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes, aff_rows, aff_cols,
-                         KH, KW, SCHEME, INT, BLOCK_M, BLOCK_N, BLOCK_K)
+                         Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
+                         KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD)
         s, v = neuron_step(i, v, t, ch, th_ptr, th_rows, lk_ptr, lk_rows, lk_cols, k_ptr, c_ptr, in_rows, in_cols,
                            MODEL, AFFINE)
         store_spikes(s_ptr + j * out_step + here, s, mask, CODES)
@@ -59,7 +62,7 @@ def _synapse_neuron_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, s_ptr, v_in_ptr, v_out_
 
 def synapse_neuron(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, p: NeuronParams, *,
                    stride: int = 1, padding: int = 0, t0: int = 0, steps: int = 1, v: Tensor | None = None,
-                   keep_state: bool = True, tiles: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor | None]:
+                   keep_state: bool = True, tiles: Tiles | None = None) -> tuple[Tensor, Tensor | None]:
     """`neuron_steps(synapse(x, …), p, t0, v)` in one kernel. x holds `steps` consecutive time steps
     of B samples ((steps·B, C, H, W) or (steps·B, K)), starting at step t0; v is the membrane
     (B, O, Ho, Wo) before them (None: 0). Returns the spikes (steps·B, O, …) (uint8 codes or float32)
@@ -76,14 +79,15 @@ def synapse_neuron(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, p: 
             v_out.copy_(v if v is not None else torch.zeros_like(v_out))
         return spikes, v_out
     scale, shift = (t.contiguous() for t in torch.broadcast_tensors(scale, shift))
-    BM, BN, BK = tiles or blocks(M, w.out_channels, w.K, x.device.type == "cpu")
+    tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
     v_in = v.contiguous() if v is not None and stateful else spikes
-    _synapse_neuron_kernel[(triton.cdiv(M, BM), triton.cdiv(w.out_channels, BN))](
+    _synapse_neuron_kernel[(triton.cdiv(M, tiles.m), triton.cdiv(w.out_channels, tiles.n))](
         x.contiguous(), w.data, scale, shift, spikes, v_in, v_out if v_out is not None else spikes,
-        *param_args(p), M, w.out_channels, w.K, g.Cin, g.H, g.W, g.Ho, g.Wo, stride, padding, w.data.shape[1],
+        *param_args(p), M, w.out_channels, g.Cin, w.tap_channels, g.H, g.W, g.Ho, g.Wo, stride, padding,
+        w.data.shape[1],
         scale.shape[0], scale.shape[1], steps, t0,
-        KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w),
+        KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w), TAPS=taps(w),
         MODEL=p.model, CODES=p.codes, AFFINE=p.in_scale is not None,
         STATE_IN=v is not None and stateful, STATE_OUT=v_out is not None,
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, enable_fp_fusion=False)
+        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, AHEAD=tiles.ahead, num_warps=tiles.warps, enable_fp_fusion=False)
     return spikes, v_out

@@ -2,15 +2,19 @@
 
     out[n, o, y, x] = scale_t[o] · Σ_k X[n, k; y, x] · W[o, k] + shift_t[o]      (SPEC §6)
 
-with k = (c, dy, dx) running over the receptive field; the input patch is gathered straight from
-the (N, C, H, W) tensor (no im2col copy). Weights stay packed in memory, one row of K = C·kh·kw
-codes per output channel:
+with k = (dy, dx, c) running over the receptive field; the input patch is gathered straight from
+the (N, C, H, W) tensor (no im2col copy). Weights stay packed in memory, one row per output channel
+holding kh·kw taps of C' ≥ C codes each (C rounded up to whole bytes, so every tap starts on a byte):
 
 - "trit2": 1.5-bit codes, 4 per byte, 2-bit two's complement (the layout of `pack.pack_trits_2bit`);
 - "sign1": 1-bit codes, 8 per byte, bit = 1 ⇔ +1 (`pack.pack_signs`);
 - "fp32": dense float32 (layers left unquantized).
 
-Each tile of packed bytes is loaded once and decoded in registers with shifts and masks. When the
+Each tile of packed bytes is loaded once and decoded in registers with shifts and masks. With 16
+or more input channels a K step stays inside one tap (dy, dx): the input rows' offsets and padding
+masks are worked out once per step and the channels are a plain stride. Fewer channels (a
+network's first layer) run over the taps' padded codes as one flat K instead, so that a K step is
+not mostly masked. Each step's loads are issued one step ahead. When the
 input is uint8 4-bit codes and the weights are codes, the products go through an int8 dot with an
 int32 accumulator: exact, whatever the order (SPEC §6 "additions only"). Otherwise the dot runs in
 float32 ("ieee", no TF32) so results match the torch reference to float rounding.
@@ -41,79 +45,122 @@ MAX_NUMEL = 2**31 - 1
 class PackedWeight:
     """A synapse's weights in the kernel's layout: one packed row per output channel."""
 
-    data: Tensor  # (O, row_bytes) uint8, or (O, K) float32 for "fp32"
+    data: Tensor  # (O, kh·kw·C' / codes per byte) uint8, or (O, kh·kw·C) float32 for "fp32"
     scheme: str
     out_channels: int
     in_channels: int
     kernel: tuple[int, int]  # (kh, kw); (1, 1) for a linear layer
+    tap_channels: int  # C': in_channels rounded up to whole bytes of codes (equal for "fp32")
 
     @property
     def K(self) -> int:
+        """Weights per output channel (padding excluded)."""
         return self.in_channels * self.kernel[0] * self.kernel[1]
 
 
 def pack_weight(weight: Tensor, weights: str, device: torch.device | str = "cpu") -> PackedWeight:
     """Pack a Synapse's `weight` ((O, C, kh, kw) or (O, K); int8 codes or float32) for `synapse`.
 
-    `weights` is the Synapse's "fp32", "1bit" or "1.5bit". Rows are padded to whole bytes.
+    `weights` is the Synapse's "fp32", "1bit" or "1.5bit". Each tap's codes are padded to whole bytes.
     """
     scheme = _SCHEME_OF[weights]
-    O = weight.shape[0]
+    O, C = weight.shape[:2]
     kernel = tuple(weight.shape[2:]) if weight.dim() == 4 else (1, 1)
-    flat = weight.reshape(O, -1)
+    by_tap = weight.reshape(O, C, -1).transpose(1, 2)  # (O, kh·kw, C): a tap's channels side by side
     if scheme == "fp32":
-        data = flat.to(torch.float32)
+        data, cp = by_tap.to(torch.float32), C
     else:
-        per = _PER_BYTE[scheme]
-        padded = torch.nn.functional.pad(flat.to(torch.int8), (0, -flat.shape[1] % per), value=_PAD_CODE[scheme])
-        data = pack(padded, scheme).view(O, -1)
-    return PackedWeight(data.contiguous().to(device), scheme, O, weight.shape[1], kernel)
+        cp = C + -C % _PER_BYTE[scheme]
+        data = pack(torch.nn.functional.pad(by_tap.to(torch.int8), (0, cp - C), value=_PAD_CODE[scheme]), scheme)
+    return PackedWeight(data.reshape(O, -1).contiguous().to(device), scheme, O, C, kernel, cp)
 
 
 @triton.jit
-def _unpacked_tile(w_ptr, o, k, omask, kmask, K, row_bytes, SCHEME: tl.constexpr):
-    """The (BLOCK_K, BLOCK_N) tile W[o, k]ᵀ decoded in registers (codes as int32, or float32)."""
-    mask = kmask[:, None] & omask[None, :]
-    if SCHEME == 0:
-        w = tl.load(w_ptr + o[None, :] * K + k[:, None], mask=mask, other=0.0)
-    elif SCHEME == 1:  # bit j of byte k // 8 is element k: 1 ⇔ +1
-        byte = tl.load(w_ptr + o[None, :] * row_bytes + (k // 8)[:, None], mask=mask, other=0).to(tl.int32)
-        w = 2 * ((byte >> (k % 8)[:, None]) & 1) - 1
-    else:  # bits 2j..2j+1 of byte k // 4: 00 → 0, 01 → +1, 11 → −1
-        byte = tl.load(w_ptr + o[None, :] * row_bytes + (k // 4)[:, None], mask=mask, other=0).to(tl.int32)
-        field = (byte >> (2 * (k % 4))[:, None]) & 3
-        w = tl.where(field == 3, -1, field)
-    return w
+def _operands(x_row, w_ptr, s, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
+              KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, TAPS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """K step s's input tile (BLOCK_M, BLOCK_K) and its weights as stored (BLOCK_K, BLOCK_N): bytes
+    of packed codes, or float32; all masked off for s ≥ steps. TAPS: BLOCK_K channels of one
+    tap; otherwise BLOCK_K consecutive codes of the padded taps, each element its own tap."""
+    HW = H * W
+    live_c = tl.where(s < steps, Cin, 0)  # (a scalar bool in a mask trips the interpreter)
+    if TAPS:  # tap (dy, dx) = divmod(r, KW): row offsets and masks once per row, channels a stride
+        c_blocks = tl.cdiv(Cin, BLOCK_K)
+        r = s // c_blocks
+        c = (s - r * c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        kmask = c < live_c
+        ih, iw = ih0 + r // KW, iw0 + r % KW
+        rmask = mmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        xt = tl.load((x_row + ih * W + iw)[:, None] + (c * HW)[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
+    else:
+        k = s * BLOCK_K + tl.arange(0, BLOCK_K)
+        r, c = k // Cp, k % Cp
+        kmask = (r < KH * KW) & (c < live_c)
+        ih = ih0[:, None] + (r // KW)[None, :]
+        iw = iw0[:, None] + (r % KW)[None, :]
+        xmask = mmask[:, None] & kmask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        xt = tl.load(x_row[:, None] + (c * HW)[None, :] + ih * W + iw, mask=xmask, other=0)
+    k = r * Cp + c  # index in the packed row
+    if SCHEME == 1:
+        k = k // 8
+    elif SCHEME == 2:
+        k = k // 4
+    w = tl.load(w_ptr + o[None, :] * row_len + k[:, None], mask=kmask[:, None] & omask[None, :], other=0)
+    return xt, w
+
+
+@triton.jit
+def _decoded(w, SCHEME: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A (BLOCK_K, BLOCK_N) weight tile as stored → codes (int32) or float32. Tap rows and K steps
+    start on whole bytes (C' and BLOCK_K are multiples of 8), so element j of a step sits at bit
+    position j mod (codes per byte) of its byte."""
+    j = tl.arange(0, BLOCK_K)[:, None]
+    if SCHEME == 1:  # bit j: 1 ⇔ +1
+        codes = 2 * ((w.to(tl.int32) >> (j % 8)) & 1) - 1
+    elif SCHEME == 2:  # bits 2j..2j+1: 00 → 0, 01 → +1, 11 → −1
+        field = (w.to(tl.int32) >> (2 * (j % 4))) & 3
+        codes = tl.where(field == 3, -1, field)
+    else:
+        codes = w
+    return codes
 
 
 @triton.jit
 def synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, step,
-                 O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes, aff_rows, aff_cols,
-                 KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
+                 KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr):
     """The (BLOCK_M, BLOCK_N) tile scale_t ⊙ (W ⊛ x) + shift_t, float32, for output rows m (sample,
     y, x) and channels o, with `step` (BLOCK_M,) the time step of each row."""
     P = Ho * Wo
     n, p = m // P, m % P
     ih0 = (p // Wo) * stride - pad
     iw0 = (p % Wo) * stride - pad
+    x_row = x_ptr + n * Cin * H * W  # (BLOCK_M,) pointers to each row's sample
     if INT:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        kmask = k < K
-        c, r = k // (KH * KW), k % (KH * KW)
-        ih = ih0[:, None] + (r // KW)[None, :]
-        iw = iw0[:, None] + (r % KW)[None, :]
-        xmask = mmask[:, None] & kmask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        xt = tl.load(x_ptr + ((n[:, None] * Cin + c[None, :]) * H + ih) * W + iw, mask=xmask, other=0)
-        wt = _unpacked_tile(w_ptr, o, k, omask, kmask, K, row_bytes, SCHEME)
+    steps = KH * KW * tl.cdiv(Cin, BLOCK_K) if TAPS else tl.cdiv(KH * KW * Cp, BLOCK_K)
+    # Loads are issued AHEAD (1 or 2) steps early, the tiles waiting in registers: byte loads are
+    # too narrow for the asynchronous copies of Triton's own pipelining, so this hides their latency.
+    xt, wt = _operands(x_row, w_ptr, 0, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
+                       KH, KW, SCHEME, TAPS, BLOCK_K)
+    if AHEAD == 2:
+        xu, wu = _operands(x_row, w_ptr, 1, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
+                           KH, KW, SCHEME, TAPS, BLOCK_K)
+    for s in range(steps):
+        x_next, w_next = _operands(x_row, w_ptr, s + AHEAD, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W,
+                                   row_len, KH, KW, SCHEME, TAPS, BLOCK_K)
+        w = _decoded(wt, SCHEME, BLOCK_K)
         if INT:
-            acc += tl.dot(xt.to(tl.int8), wt.to(tl.int8))
+            acc += tl.dot(xt.to(tl.int8), w.to(tl.int8))
         else:
-            acc += tl.dot(xt.to(tl.float32), wt.to(tl.float32), input_precision="ieee")
+            acc += tl.dot(xt.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+        if AHEAD == 2:
+            xt, wt = xu, wu
+            xu, wu = x_next, w_next
+        else:
+            xt, wt = x_next, w_next
     row = tl.minimum(step, aff_rows - 1)[:, None]
     col = tl.where(aff_cols > 1, o, 0)[None, :]
     mask = mmask[:, None] & omask[None, :]
@@ -124,23 +171,39 @@ def synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, step,
 
 @triton.jit(do_not_specialize=["t0"])  # one compiled kernel for every step of a stream
 def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr,
-                    M, O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes,
+                    M, O, Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
                     rows_per_step, t0, aff_rows, aff_cols,
-                    KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr):
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask, omask = m < M, o < O
     y = synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, t0 + m // rows_per_step,
-                     O, K, Cin, H, W, Ho, Wo, stride, pad, row_bytes, aff_rows, aff_cols,
-                     KH, KW, SCHEME, INT, BLOCK_M, BLOCK_N, BLOCK_K)
+                     Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
+                     KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD)
     P = Ho * Wo
     out = out_ptr + ((m // P)[:, None] * O + o[None, :]) * P + (m % P)[:, None]
     tl.store(out, y, mask=mmask[:, None] & omask[None, :])
 
 
-def blocks(M: int, O: int, K: int, interpreted: bool = False) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K) for M output rows (samples × pixels), O channels, K = C·kh·kw.
+class Tiles(NamedTuple):
+    """A synapse launch's block sizes (BLOCK_M rows × BLOCK_N channels, K steps of BLOCK_K), how many
+    K steps ahead its loads are issued (1 or 2), and warps per program (ignored by the interpreter)."""
+
+    m: int
+    n: int
+    k: int
+    ahead: int = 1
+    warps: int = 4
+
+
+def taps(w: PackedWeight) -> bool:
+    """Whether K steps go tap by tap (16+ input channels fill a dot's K) or flat over the padded taps."""
+    return w.in_channels >= 16
+
+
+def blocks(M: int, w: PackedWeight, interpreted: bool = False) -> Tiles:
+    """The tiles for M output rows (samples × pixels) of the synapse `w`.
 
     On a GPU, from a sweep on an H200 (benchmarks/triton_tiles.py, RESULTS.md "GPU kernels"): large
     tiles for many rows; for few rows (batch 1) narrower ones, so the layer still spreads over the
@@ -149,13 +212,15 @@ def blocks(M: int, O: int, K: int, interpreted: bool = False) -> tuple[int, int,
     def fit(n: int, high: int) -> int:  # tl.dot needs at least 16
         return max(16, min(high, triton.next_power_of_2(max(n, 1))))
 
+    O = w.out_channels
+    per_step = w.in_channels if taps(w) else w.kernel[0] * w.kernel[1] * w.tap_channels  # what a K loop runs over
     if interpreted:
-        return fit(M, 256), fit(O, 128), fit(K, 128)
-    if M >= 2048:
-        return 64, fit(O, 64), 64 if M >= 4096 else 32
+        return Tiles(fit(M, 256), fit(O, 128), fit(per_step, 128))
+    if M >= 4096:
+        return Tiles(64, fit(O, 64), fit(per_step, 64))
     if M >= 128:
-        return 32, fit(O, 64), 64
-    return 16, 16, 128
+        return Tiles(32, fit(O, 32), fit(per_step, 128))
+    return Tiles(16, 16, fit(per_step, 256))
 
 
 class Geometry(NamedTuple):
@@ -188,12 +253,12 @@ def conv_geometry(x: Tensor, w: PackedWeight, stride: int, padding: int, steps: 
 
 
 def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride: int = 1, padding: int = 0,
-            t0: int = 0, steps: int = 1, tiles: tuple[int, int, int] | None = None) -> Tensor:
+            t0: int = 0, steps: int = 1, tiles: Tiles | None = None) -> Tensor:
     """scale_t ⊙ (W ⊛ x) + shift_t for x (N, C, H, W) (conv) or (N, K) (linear), float32 or uint8 codes.
 
     The N rows are `steps` consecutive time steps of N / steps samples each, starting at step t0;
     `scale`/`shift` are each (R, O) or (R, 1), R ∈ {1, T}, and step t reads row min(t, R − 1).
-    Returns float32 (N, O, Ho, Wo) or (N, O). `tiles` overrides the block sizes of `blocks`.
+    Returns float32 (N, O, Ho, Wo) or (N, O). `tiles` overrides `blocks`' choice.
     """
     g = conv_geometry(x, w, stride, padding, steps)
     out = torch.empty(g.out_shape, dtype=torch.float32, device=x.device)
@@ -202,13 +267,13 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
         return out
     # one (R, O') layout for both (no copy when they already share it, as the backend's do)
     scale, shift = (t.contiguous() for t in torch.broadcast_tensors(scale, shift))
-    BM, BN, BK = tiles or blocks(M, w.out_channels, w.K, x.device.type == "cpu")
-    _synapse_kernel[(triton.cdiv(M, BM), triton.cdiv(w.out_channels, BN))](
+    tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
+    _synapse_kernel[(triton.cdiv(M, tiles.m), triton.cdiv(w.out_channels, tiles.n))](
         x.contiguous(), w.data, scale, shift, out,
-        M, w.out_channels, w.K, g.Cin, g.H, g.W, g.Ho, g.Wo, stride, padding, w.data.shape[1],
+        M, w.out_channels, g.Cin, w.tap_channels, g.H, g.W, g.Ho, g.Wo, stride, padding, w.data.shape[1],
         M // steps, t0, scale.shape[0], scale.shape[1],
-        KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+        KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w), TAPS=taps(w),
+        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, AHEAD=tiles.ahead, num_warps=tiles.warps,
         enable_fp_fusion=False)  # the epilogue rounds like torch: a multiply, then an add
     return out
 

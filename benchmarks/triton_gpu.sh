@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Everything the Triton work needs from a lent CUDA GPU, in one pass that installs nothing
+# (benchmarks/RESULTS.md "GPU kernels"): the tile sweep, the compiled kernels' tests, then the kernel
+# and network benchmark. Each step's output lands under $OUT as it is written, so a timeout keeps
+# what was measured. From the repository root, with SpikingJelly vendored (benchmarks/README.md):
+#
+#     OUT=/tmp/gpu bash benchmarks/triton_gpu.sh                  # about 6 min on an H200
+#     SECTIONS=synapse,network BUDGET=120 SKIP_TILES=1 bash benchmarks/triton_gpu.sh
+set -u
+OUT=${OUT:-benchmarks/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="benchmarks/_vendor${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
+git log -1 --format='%h %s' > "$OUT/commit.txt" 2>/dev/null
+
+if [ -z "${SKIP_TILES:-}" ]; then
+  echo "== tile sweep"
+  timeout 240 python3 benchmarks/triton_tiles.py --json "$OUT/tiles.json" 2>&1 | tee "$OUT/tiles.md"
+fi
+if [ -z "${SKIP_TESTS:-}" ]; then
+  echo "== tests on the GPU (compiled kernels)"
+  timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_backend.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+fi
+echo "== kernels and network"
+timeout $(( ${BUDGET:-150} * 2 + 60 )) python3 benchmarks/triton_kernels.py --out "$OUT" --budget "${BUDGET:-150}" \
+  --sections "${SECTIONS:-ceilings,synapse,network}" > "$OUT/kernels.log" 2>&1
+status=$?
+grep -E "CHECK FAILED|ERROR|check failure" "$OUT/kernels.log"
+echo "triton_kernels.py exit $status; tables in $OUT/triton_kernels.md"
