@@ -19,7 +19,8 @@ if [ -z "${SKIP_TILES:-}" ]; then
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then
   echo "== tests on the GPU (compiled kernels)"
-  timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_backend.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+  timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_backend.py > "$OUT/tests.log" 2>&1
+  grep -E "Error:|^E  .*(Error|assert)|passed|failed" "$OUT/tests.log" | tail -12
 fi
 echo "== kernels and network"
 timeout $(( ${BUDGET:-150} * 2 + 60 )) python3 benchmarks/triton_kernels.py --out "$OUT" --budget "${BUDGET:-150}" \

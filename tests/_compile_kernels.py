@@ -47,13 +47,18 @@ def features(ptx: str) -> dict:
 def variants():
     for scheme, code in gemm.SCHEMES.items():
         for integer in (False, True) if scheme != "fp32" else (False,):
-            ptrs = {"x_ptr": "i8" if integer else "fp32", "w_ptr": "fp32" if scheme == "fp32" else "u8",
-                    "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"}
+            ptrs = {"x_ptr": "u8" if integer else "fp32", "w_ptr": "fp32" if scheme == "fp32" else "u8",
+                    "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32", "part_ptr": "fp32"}
             for taps in (True, False):  # K steps tap by tap, or flat over the taps (few channels)
                 yield (f"synapse-{scheme}-{'int' if integer else 'float'}-{'taps' if taps else 'flat'}",
                        gemm._synapse_kernel, ptrs,
                        dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=taps, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32,
-                            AHEAD=1 if taps else 2))
+                            AHEAD=1 if taps else 2, SPLIT=1))
+    ptrs = {"x_ptr": "u8", "w_ptr": "u8", "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32", "part_ptr": "i32"}
+    yield ("synapse-trit2-int-split", gemm._synapse_kernel, ptrs,  # K split over programs: int32 parts
+           dict(KH=3, KW=3, SCHEME=2, INT=True, TAPS=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=128, AHEAD=1, SPLIT=4))
+    yield ("sum-split-int", gemm._split_sum_kernel, {"part_ptr": "i32", "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"},
+           dict(SPLIT=4, BLOCK_M=32, BLOCK_N=32))
     models = (("hmdf", neuron.HMDF), ("lif", neuron.LIF), ("parallel", neuron.PARALLEL))
     f32 = dict.fromkeys(["sc_ptr", "sh_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
     for scheme, code in gemm.SCHEMES.items():

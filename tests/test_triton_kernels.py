@@ -231,9 +231,12 @@ GEOMETRIES = [  # (C_in, H, W, O, kh, kw, stride, padding)
     (40, 5, 6, 9, 3, 3, 1, 1),  # K steps tap by tap, two channel blocks at the small tiles
 ]
 TILES = [None, (16, 16, 32, 2)]  # the interpreter's default tiles; GPU-sized ones, loads 2 steps ahead
+#: the synapse alone may also split a tile's K steps over programs (3 parts of uneven length)
+SYNAPSE_TILES = [*TILES, (16, 16, 32, 1, 4, 3)]
+TILE_IDS = ["default-tiles", "small-tiles", "split-k"]
 
 
-@pytest.mark.parametrize("tiles", TILES, ids=["default-tiles", "small-tiles"])
+@pytest.mark.parametrize("tiles", SYNAPSE_TILES, ids=TILE_IDS)
 @pytest.mark.parametrize("inputs", ["codes", "float"])
 @pytest.mark.parametrize("weights", ["1.5bit", "1bit", "fp32"])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "c{}-{}x{}-o{}-k{}x{}-s{}-p{}".format(*g))
@@ -257,7 +260,7 @@ def test_conv_equals_torch(geometry, weights, inputs, tiles):
         assert bool(((got.double() - want.double()).abs() <= tol).all())
 
 
-@pytest.mark.parametrize("tiles", TILES, ids=["default-tiles", "small-tiles"])
+@pytest.mark.parametrize("tiles", SYNAPSE_TILES, ids=TILE_IDS)
 @pytest.mark.parametrize("inputs", ["codes", "float"])
 @pytest.mark.parametrize("weights", ["1.5bit", "1bit", "fp32"])
 def test_linear_equals_torch(weights, inputs, tiles):
@@ -315,7 +318,7 @@ def test_too_large_for_int32_offsets_is_one_error(monkeypatch):
 
 
 # ------------------------------------------------------------------------ synapse + neuron fused
-@pytest.mark.parametrize("tiles", TILES, ids=["default-tiles", "small-tiles"])
+@pytest.mark.parametrize("tiles", TILES, ids=TILE_IDS[:2])
 @pytest.mark.parametrize("model, spikes, weights, inputs", [  # each neuron model, weight scheme and input kind once
     ("hmdf", "4bit", "1.5bit", "codes"), ("hmdf", "float", "1bit", "float"),
     ("lif", "float", "1bit", "codes"), ("parallel", "4bit", "fp32", "float")])
@@ -411,7 +414,7 @@ def test_every_kernel_compiles_for_an_nvidia_gpu():
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     got = {(v.pop("variant"), v.pop("target")): v for v in map(json.loads, done.stdout.splitlines())}
-    assert len(got) == 33 + 5, sorted(got)
+    assert len(got) == 35 + 5, sorted(got)
     for (name, target), ptx in got.items():
         kind, *rest = name.split("-")
         if target == "sm80":  # an A100 has no wgmma: the integer dot is mma.sync on int8
