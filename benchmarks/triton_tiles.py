@@ -1,5 +1,5 @@
 """Tile sizes of the packed synapse kernel on a CUDA GPU: the time of `synapse` (trit2 weights,
-uint8 4-bit codes in, the int8 dot) for each `Tiles(BLOCK_M, BLOCK_N, BLOCK_K, ahead, warps, split)` on the layer
+uint8 4-bit codes in, the int8 dot) for each `Tiles(BLOCK_M, BLOCK_N, BLOCK_K, warps)` on the layer
 shapes of triton_kernels.py, next to the tiles `gemm.blocks` picks and a dense bf16 layer. It is
 what `blocks` was chosen from (benchmarks/RESULTS.md, "GPU kernels"). Every tiling is checked
 exact against a float64 convolution before it is timed.
@@ -27,20 +27,14 @@ from hmdf_deploy.runtime.kernels.gemm import Tiles, blocks  # noqa: E402
 LAYERS = [("conv3×3 128→128 @32×32", 128, 128, 32, 3), ("conv3×3 256→256 @16×16", 256, 256, 16, 3),
           ("conv3×3 512→512 @8×8", 512, 512, 8, 3), ("linear 4096→4096", 4096, 4096, None, None)]
 DEV = "cuda"
-TILES = [Tiles(*t) for t in [  # (BLOCK_M, BLOCK_N, BLOCK_K, ahead, warps, split)
-    (128, 64, 64, 1, 8), (64, 128, 64, 1, 8), (128, 128, 64, 1, 8), (128, 128, 32, 1, 8), (64, 64, 64, 1, 4),
-    (64, 32, 128, 1, 4), (32, 32, 128, 1, 4), (32, 32, 128, 2, 4), (32, 32, 64, 1, 4), (16, 32, 128, 1, 4),
-    (16, 16, 128, 1, 4), (16, 16, 128, 2, 4), (16, 16, 256, 1, 4), (16, 32, 256, 1, 4),
-    # K split over programs: only timed on layers with few rows (see SPLIT_ROWS)
-    (32, 32, 128, 1, 4, 2), (32, 32, 128, 1, 4, 4), (32, 32, 128, 1, 4, 8), (32, 32, 64, 1, 4, 4),
-    (32, 32, 64, 1, 4, 8), (16, 16, 128, 1, 4, 4), (16, 16, 128, 1, 4, 8), (16, 16, 256, 1, 4, 2),
-    (16, 16, 256, 1, 4, 4), (16, 32, 128, 1, 4, 4), (16, 16, 128, 2, 4, 4),
+TILES = [Tiles(*t) for t in [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps)
+    (128, 64, 64, 8), (64, 128, 64, 8), (128, 128, 64, 8), (128, 128, 32, 8), (64, 64, 64, 4), (64, 32, 128, 4),
+    (32, 32, 128, 4), (32, 32, 64, 4), (16, 32, 128, 4), (16, 16, 128, 4), (16, 16, 256, 4), (16, 32, 256, 4),
 ]]
-SPLIT_ROWS = 2048  # split tilings are timed below this many output rows only
 
 
 def name(t: Tiles) -> str:
-    return f"{t.m}×{t.n}×{t.k}{'+2' if t.ahead == 2 else ''}/{t.warps}w{f' split {t.split}' if t.split > 1 else ''}"
+    return f"{t.m}×{t.n}×{t.k}/{t.warps}w"
 
 
 def main() -> None:
@@ -67,8 +61,6 @@ def main() -> None:
             picked = blocks(M, w)
             times = {}
             for tiles in dict.fromkeys([*TILES, picked]):  # the picked tiles once, even when listed
-                if tiles.split > 1 and M >= SPLIT_ROWS and tiles != picked:
-                    continue
                 got = synapse(x, w, one, zero, tiles=tiles, **pad)
                 if not torch.equal(got, want):
                     times[name(tiles)] = None

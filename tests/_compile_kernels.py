@@ -25,11 +25,15 @@ SM80 = ("synapse-trit2-int-taps", "synapse-sign1-float-taps", "fused-trit2-int-h
 
 
 def compile_ptx(fn, pointers: dict[str, str], constants: dict, target: str) -> str:
-    """PTX of `fn` with the given pointer element types, constexprs, every other argument i32."""
+    """PTX of `fn` with the given pointer element types, constexprs (and "num_warps"), every other
+    argument i32."""
+    constants = dict(constants)
+    warps = constants.pop("num_warps", 4)
     names = fn.arg_names
     signature = {n: pointers.get(n) and "*" + pointers[n] or ("constexpr" if n in constants else "i32") for n in names}
     source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()})
-    return triton.compile(source, target=TARGETS[target], options={"enable_fp_fusion": False}).asm["ptx"]
+    options = {"enable_fp_fusion": False, "num_warps": warps}
+    return triton.compile(source, target=TARGETS[target], options=options).asm["ptx"]
 
 
 def features(ptx: str) -> dict:
@@ -48,17 +52,19 @@ def variants():
     for scheme, code in gemm.SCHEMES.items():
         for integer in (False, True) if scheme != "fp32" else (False,):
             ptrs = {"x_ptr": "u8" if integer else "fp32", "w_ptr": "fp32" if scheme == "fp32" else "u8",
-                    "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32", "part_ptr": "fp32"}
+                    "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"}
             for taps in (True, False):  # K steps tap by tap, or flat over the taps (few channels)
                 yield (f"synapse-{scheme}-{'int' if integer else 'float'}-{'taps' if taps else 'flat'}",
                        gemm._synapse_kernel, ptrs,
-                       dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=taps, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32,
-                            AHEAD=1 if taps else 2, SPLIT=1))
-    ptrs = {"x_ptr": "u8", "w_ptr": "u8", "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32", "part_ptr": "i32"}
-    yield ("synapse-trit2-int-split", gemm._synapse_kernel, ptrs,  # K split over programs: int32 parts
-           dict(KH=3, KW=3, SCHEME=2, INT=True, TAPS=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=128, AHEAD=1, SPLIT=4))
-    yield ("sum-split-int", gemm._split_sum_kernel, {"part_ptr": "i32", "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"},
-           dict(SPLIT=4, BLOCK_M=32, BLOCK_N=32))
+                       dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=taps, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32))
+    # the tiles `gemm.blocks` picks on a GPU, in each of its branches and with the fewest channels
+    ptrs = {"x_ptr": "u8", "w_ptr": "u8", "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"}
+    for M, channels in ((64, 16), (64, 512), (1024, 128), (2048, 512), (32768, 128)):
+        w = gemm.PackedWeight(None, "trit2", channels, channels, (3, 3), channels)
+        t = gemm.blocks(M, w)
+        yield (f"synapse-trit2-int-rows{M}-channels{channels}", gemm._synapse_kernel, ptrs,
+               dict(KH=3, KW=3, SCHEME=2, INT=True, TAPS=gemm.taps(w), BLOCK_M=t.m, BLOCK_N=t.n, BLOCK_K=t.k,
+                    num_warps=t.warps))
     models = (("hmdf", neuron.HMDF), ("lif", neuron.LIF), ("parallel", neuron.PARALLEL))
     f32 = dict.fromkeys(["sc_ptr", "sh_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
     for scheme, code in gemm.SCHEMES.items():
@@ -70,7 +76,7 @@ def variants():
                 yield (f"fused-{scheme}-{'int' if integer else 'float'}-{model}-{'codes' if codes else 'float'}",
                        fused._synapse_neuron_kernel, ptrs,
                        dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=True, MODEL=mcode, CODES=codes, AFFINE=True,
-                            STATE_IN=True, STATE_OUT=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, AHEAD=1))
+                            STATE_IN=True, STATE_OUT=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32))
     f32 = dict.fromkeys(["i_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
     for model, code in models:
         for codes in (False, True):

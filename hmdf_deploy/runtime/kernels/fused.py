@@ -35,7 +35,7 @@ def _synapse_neuron_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, s_ptr, v_in_ptr, v_out_
                            TAPS: tl.constexpr,
                            MODEL: tl.constexpr, CODES: tl.constexpr, AFFINE: tl.constexpr,
                            STATE_IN: tl.constexpr, STATE_OUT: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask, omask = m < M, o < O
@@ -52,7 +52,7 @@ def _synapse_neuron_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, s_ptr, v_in_ptr, v_out_
         t = t0 + j
         i = synapse_tile(x_ptr + j * x_step, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, t + m * 0,
                          Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
-                         KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD)
+                         KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K)
         s, v = neuron_step(i, v, t, ch, th_ptr, th_rows, lk_ptr, lk_rows, lk_cols, k_ptr, c_ptr, in_rows, in_cols,
                            MODEL, AFFINE)
         store_spikes(s_ptr + j * out_step + here, s, mask, CODES)
@@ -89,5 +89,5 @@ def synapse_neuron(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, p: 
         KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w), TAPS=taps(w),
         MODEL=p.model, CODES=p.codes, AFFINE=p.in_scale is not None,
         STATE_IN=v is not None and stateful, STATE_OUT=v_out is not None,
-        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, AHEAD=tiles.ahead, num_warps=tiles.warps, enable_fp_fusion=False)
+        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, num_warps=tiles.warps, enable_fp_fusion=False)
     return spikes, v_out

@@ -125,18 +125,12 @@ def _decoded(w, SCHEME: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def k_steps(Cin, Cp, KH: tl.constexpr, KW: tl.constexpr, TAPS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """How many K steps of BLOCK_K a synapse takes (see `_operands`)."""
-    return KH * KW * tl.cdiv(Cin, BLOCK_K) if TAPS else tl.cdiv(KH * KW * Cp, BLOCK_K)
-
-
-@triton.jit
-def _accumulate(x_ptr, w_ptr, m, o, mmask, omask, first, last,
+def _accumulate(x_ptr, w_ptr, m, o, mmask, omask,
                 Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
                 KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr):
-    """Σ over K steps first ≤ s < last of x ⋅ W for output rows m (sample, y, x) and channels o:
-    an exact int32 (BLOCK_M, BLOCK_N) tile on integer codes, else float32."""
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Σ_k x ⋅ W for output rows m (sample, y, x) and channels o: an exact int32 (BLOCK_M, BLOCK_N)
+    tile on integer codes, else float32."""
     P = Ho * Wo
     n, p = m // P, m % P
     ih0 = (p // Wo) * stride - pad
@@ -146,32 +140,32 @@ def _accumulate(x_ptr, w_ptr, m, o, mmask, omask, first, last,
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    # Loads are issued AHEAD (1 or 2) steps early, the tiles waiting in registers: byte loads are
-    # too narrow for the asynchronous copies of Triton's own pipelining, so this hides their latency.
-    xt, wt = _operands(x_row, w_ptr, first, last, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
+    steps = KH * KW * tl.cdiv(Cin, BLOCK_K) if TAPS else tl.cdiv(KH * KW * Cp, BLOCK_K)
+    # Each step's loads are issued a step early, the tiles waiting in registers: byte loads are too
+    # narrow for the asynchronous copies of Triton's own pipelining, so this hides their latency.
+    xt, wt = _operands(x_row, w_ptr, 0, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
                        KH, KW, SCHEME, TAPS, BLOCK_K)
-    if AHEAD == 2:
-        xu, wu = _operands(x_row, w_ptr, first + 1, last, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
-                           KH, KW, SCHEME, TAPS, BLOCK_K)
-    for s in range(first, last):
-        x_next, w_next = _operands(x_row, w_ptr, s + AHEAD, last, ih0, iw0, mmask, o, omask, Cin, Cp, H, W,
+    for s in range(steps):
+        x_next, w_next = _operands(x_row, w_ptr, s + 1, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W,
                                    row_len, KH, KW, SCHEME, TAPS, BLOCK_K)
         w = _decoded(wt, SCHEME, BLOCK_K)
         if INT:
             acc += tl.dot(xt.to(tl.int8), w.to(tl.int8))
         else:
             acc += tl.dot(xt.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-        if AHEAD == 2:
-            xt, wt = xu, wu
-            xu, wu = x_next, w_next
-        else:
-            xt, wt = x_next, w_next
+        xt, wt = x_next, w_next
     return acc
 
 
 @triton.jit
-def _affine(acc, sc_ptr, sh_ptr, o, mmask, omask, step, aff_rows, aff_cols):
-    """scale_t ⊙ acc + shift_t in float32, `step` (BLOCK_M,) the time step of each row."""
+def synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, step,
+                 Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
+                 KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The (BLOCK_M, BLOCK_N) tile scale_t ⊙ (W ⊛ x) + shift_t, float32, for output rows m (sample,
+    y, x) and channels o, with `step` (BLOCK_M,) the time step of each row."""
+    acc = _accumulate(x_ptr, w_ptr, m, o, mmask, omask, Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
+                      KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K)
     row = tl.minimum(step, aff_rows - 1)[:, None]
     col = tl.where(aff_cols > 1, o, 0)[None, :]
     mask = mmask[:, None] & omask[None, :]
@@ -180,80 +174,31 @@ def _affine(acc, sc_ptr, sh_ptr, o, mmask, omask, step, aff_rows, aff_cols):
     return acc.to(tl.float32) * scale + shift
 
 
-@triton.jit
-def synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, step,
-                 Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
-                 KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr):
-    """The (BLOCK_M, BLOCK_N) tile scale_t ⊙ (W ⊛ x) + shift_t, float32, for output rows m (sample,
-    y, x) and channels o, with `step` (BLOCK_M,) the time step of each row."""
-    acc = _accumulate(x_ptr, w_ptr, m, o, mmask, omask, 0, k_steps(Cin, Cp, KH, KW, TAPS, BLOCK_K),
-                      Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
-                      KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD)
-    return _affine(acc, sc_ptr, sh_ptr, o, mmask, omask, step, aff_rows, aff_cols)
-
-
-@triton.jit
-def _store_nchw(out_ptr, y, m, o, mmask, omask, O, P):
-    """Rows m = (sample, pixel) and channels o of an (N, O, Ho·Wo) output."""
+@triton.jit(do_not_specialize=["t0"])  # one compiled kernel for every step of a stream
+def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr,
+                    M, O, Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
+                    rows_per_step, t0, aff_rows, aff_cols,
+                    KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask, omask = m < M, o < O
+    y = synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, t0 + m // rows_per_step,
+                     Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
+                     KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K)
+    P = Ho * Wo
     out = out_ptr + ((m // P)[:, None] * O + o[None, :]) * P + (m % P)[:, None]
     tl.store(out, y, mask=mmask[:, None] & omask[None, :])
 
 
-@triton.jit(do_not_specialize=["t0"])  # one compiled kernel for every step of a stream
-def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr, part_ptr,
-                    M, O, Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
-                    rows_per_step, t0, aff_rows, aff_cols,
-                    KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr,
-                    SPLIT: tl.constexpr):
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask, omask = m < M, o < O
-    if SPLIT == 1:
-        y = synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, t0 + m // rows_per_step,
-                         Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
-                         KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD)
-        _store_nchw(out_ptr, y, m, o, mmask, omask, O, Ho * Wo)
-    else:  # this program's share of the K steps, summed later by `_split_sum_kernel`
-        steps = k_steps(Cin, Cp, KH, KW, TAPS, BLOCK_K)
-        share = tl.cdiv(steps, SPLIT)
-        first = tl.program_id(2) * share
-        acc = _accumulate(x_ptr, w_ptr, m, o, mmask, omask, first, tl.minimum(first + share, steps),
-                          Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
-                          KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD)
-        part = part_ptr + (tl.program_id(2) * M + m[:, None]) * O + o[None, :]
-        tl.store(part, acc, mask=mmask[:, None] & omask[None, :])
-
-
-@triton.jit(do_not_specialize=["t0"])
-def _split_sum_kernel(part_ptr, sc_ptr, sh_ptr, out_ptr, M, O, P, rows_per_step, t0, aff_rows, aff_cols,
-                      SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The split partial sums added in a fixed order (exact on int32), then the affine epilogue."""
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask, omask = m < M, o < O
-    here = m[:, None] * O + o[None, :]
-    mask = mmask[:, None] & omask[None, :]
-    acc = tl.load(part_ptr + here, mask=mask, other=0)
-    for j in tl.static_range(1, SPLIT):
-        acc += tl.load(part_ptr + j * M * O + here, mask=mask, other=0)
-    y = _affine(acc, sc_ptr, sh_ptr, o, mmask, omask, t0 + m // rows_per_step, aff_rows, aff_cols)
-    _store_nchw(out_ptr, y, m, o, mmask, omask, O, P)
-
-
 class Tiles(NamedTuple):
-    """A synapse launch's block sizes (BLOCK_M rows × BLOCK_N channels, K steps of BLOCK_K), how many
-    K steps ahead its loads are issued (1 or 2), warps per program (ignored by the interpreter), and
-    over how many programs the K steps of a tile are split (`synapse` only: for layers with too few
-    tiles to fill the GPU; a second small kernel adds the parts)."""
+    """A synapse launch's block sizes (BLOCK_M rows × BLOCK_N channels, K steps of BLOCK_K) and warps
+    per program (ignored by the interpreter)."""
 
     m: int
     n: int
     k: int
-    ahead: int = 1
     warps: int = 4
-    split: int = 1
 
 
 def taps(w: PackedWeight) -> bool:
@@ -264,10 +209,12 @@ def taps(w: PackedWeight) -> bool:
 def blocks(M: int, w: PackedWeight, interpreted: bool = False) -> Tiles:
     """The tiles for M output rows (samples × pixels) of the synapse `w`.
 
-    On a GPU, from sweeps on an H200 (benchmarks/triton_tiles.py, RESULTS.md "GPU kernels"): wide
-    tiles with 8 warps for many rows; for few rows (batch 1) small tiles, long K steps, and the K
-    steps split over programs until the layer has about 512 of them, each with 2+ steps. The
-    interpreter runs each program in Python, so there the largest tiles (fewest programs) are fastest."""
+    On a GPU, from two sweeps on an H200 (benchmarks/triton_tiles.py, RESULTS.md "GPU kernels"):
+    wide tiles with 8 warps for many rows; for few rows (batch 1) small tiles with long K steps, so
+    the layer still spreads over the SMs. Unpacked float32 weights (a network's first layer) keep
+    the 64×64×32 tiles of the first measurements: the wide ones made them 12× slower. The
+    interpreter runs each program in Python, so there the largest tiles (fewest programs) are
+    fastest."""
     def fit(n: int, high: int, low: int = 16) -> int:  # tl.dot needs 16+ rows and columns, an int8 one K ≥ 32
         return max(low, min(high, triton.next_power_of_2(max(n, 1))))
 
@@ -275,17 +222,15 @@ def blocks(M: int, w: PackedWeight, interpreted: bool = False) -> Tiles:
     per_step = w.in_channels if taps(w) else w.kernel[0] * w.kernel[1] * w.tap_channels  # what a K loop runs over
     if interpreted:
         return Tiles(fit(M, 256), fit(O, 128), fit(per_step, 128, 32))
+    if w.scheme == "fp32" and M >= 128:  # their tiles take 4-32× the registers of packed bytes
+        return Tiles(64, fit(O, 64), fit(per_step, 32, 32))
     if M >= 4096:
         return Tiles(64, fit(O, 128), fit(per_step, 64, 32), warps=8)
     if M >= 2048:
         return Tiles(128, fit(O, 64), fit(per_step, 64, 32), warps=8)
-    t = Tiles(32, fit(O, 32), fit(per_step, 128, 32)) if M >= 128 else Tiles(16, 16, fit(per_step, 256, 32))
-    programs = triton.cdiv(M, t.m) * triton.cdiv(O, t.n)
-    steps = w.kernel[0] * w.kernel[1] * triton.cdiv(w.in_channels, t.k) if taps(w) else triton.cdiv(per_step, t.k)
-    split = 1
-    while split < 8 and programs * split * 2 <= 512 and steps >= 4 * split:
-        split *= 2
-    return t._replace(split=split)
+    if M >= 128:
+        return Tiles(32, fit(O, 32), fit(per_step, 128, 32))
+    return Tiles(16, 16, fit(per_step, 128, 32))
 
 
 class Geometry(NamedTuple):
@@ -333,21 +278,13 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
     # one (R, O') layout for both (no copy when they already share it, as the backend's do)
     scale, shift = (t.contiguous() for t in torch.broadcast_tensors(scale, shift))
     tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
-    integer = integer_dot(x, w)
-    # split: the parts (split, M, O), int32 on codes (exact whatever the order), else float32
-    part = torch.empty((tiles.split, M, w.out_channels), dtype=torch.int32 if integer else torch.float32,
-                       device=x.device) if tiles.split > 1 else out
-    _synapse_kernel[(triton.cdiv(M, tiles.m), triton.cdiv(w.out_channels, tiles.n), tiles.split)](
-        x.contiguous(), w.data, scale, shift, out, part,
+    _synapse_kernel[(triton.cdiv(M, tiles.m), triton.cdiv(w.out_channels, tiles.n))](
+        x.contiguous(), w.data, scale, shift, out,
         M, w.out_channels, g.Cin, w.tap_channels, g.H, g.W, g.Ho, g.Wo, stride, padding, w.data.shape[1],
         M // steps, t0, scale.shape[0], scale.shape[1],
-        KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer, TAPS=taps(w),
-        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, AHEAD=tiles.ahead, SPLIT=tiles.split,
-        num_warps=tiles.warps, enable_fp_fusion=False)  # the epilogue rounds like torch: a multiply, then an add
-    if tiles.split > 1:
-        _split_sum_kernel[(triton.cdiv(M, 32), triton.cdiv(w.out_channels, 32))](
-            part, scale, shift, out, M, w.out_channels, g.Ho * g.Wo, M // steps, t0, scale.shape[0], scale.shape[1],
-            SPLIT=tiles.split, BLOCK_M=32, BLOCK_N=32, enable_fp_fusion=False)
+        KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w), TAPS=taps(w),
+        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, num_warps=tiles.warps,
+        enable_fp_fusion=False)  # the epilogue rounds like torch: a multiply, then an add
     return out
 
 
