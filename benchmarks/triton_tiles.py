@@ -2,7 +2,9 @@
 uint8 4-bit codes in, the int8 dot) for each `Tiles(BLOCK_M, BLOCK_N, BLOCK_K, warps)` on the layer
 shapes of triton_kernels.py, next to the tiles `gemm.blocks` picks and a dense bf16 layer. It is
 what `blocks` was chosen from (benchmarks/RESULTS.md, "GPU kernels"). Every tiling is checked
-exact against a float64 convolution before it is timed.
+exact against a float64 convolution before it is timed. The picked tiles and the dense layer are
+timed a second way, replayed in a CUDA graph, which leaves out launch overhead: at batch 1 a layer
+takes 20–100 µs and the flushed timings of the same kernel varied up to 2.4× between runs.
 
     python benchmarks/triton_tiles.py [--json tiles.json]      # CUDA GPU only; about two minutes
 """
@@ -19,7 +21,7 @@ import _common  # noqa: E402,F401  (puts the repository root on sys.path)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from triton.testing import do_bench  # noqa: E402
+from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
 from hmdf_deploy.runtime.kernels import pack_weight, synapse  # noqa: E402
 from hmdf_deploy.runtime.kernels.gemm import Tiles, blocks  # noqa: E402
@@ -37,6 +39,20 @@ def name(t: Tiles) -> str:
     return f"{t.m}×{t.n}×{t.k}/{t.warps}w"
 
 
+def graph_us(fn) -> float | None:
+    """µs per call replayed in a CUDA graph: device time without launch overhead or L2 flush (the
+    weights stay in L2), median; None where capture fails."""
+    try:
+        return do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
+    except Exception as e:  # noqa: BLE001  (a capture failure costs one column, not the sweep)
+        print(f"CUDA graph timing failed: {type(e).__name__}: {e}", flush=True)
+        return None
+
+
+def cell(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="also write every time (µs) here")
@@ -44,8 +60,9 @@ def main() -> None:
     assert DEV != "cuda" or torch.cuda.is_available(), "a CUDA GPU is needed"
     gpu = torch.cuda.get_device_name() if DEV == "cuda" else DEV
     print(f"{gpu} · torch {torch.__version__}\n", flush=True)
-    print("| layer | B | picked | best | best µs | picked µs | dense bf16 µs | best ÷ dense | picked ÷ dense |")
-    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("| layer | B | picked | best | best µs | picked µs | dense bf16 µs | best ÷ dense | picked ÷ dense | "
+          "picked µs, graph | dense µs, graph | picked ÷ dense, graph |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     results = []
     for label, cin, cout, hw, k in LAYERS:
         for B in (1, 32):
@@ -73,15 +90,20 @@ def main() -> None:
             dense_us = do_bench(dense) * 1e3
             best = min((t for t in times.items() if t[1] is not None), key=lambda t: t[1])
             pk = times[name(picked)]
-            results.append({"layer": label, "B": B, "picked": name(picked), "times_us": times, "dense_bf16_us": dense_us})
+            pk_graph, dense_graph = graph_us(lambda: synapse(x, w, one, zero, tiles=picked, **pad)), graph_us(dense)
+            results.append({"layer": label, "B": B, "picked": name(picked), "times_us": times, "dense_bf16_us": dense_us,
+                            "picked_graph_us": pk_graph, "dense_bf16_graph_us": dense_graph})
             pk_cells = f"{pk:.1f} | {dense_us:.1f} | {best[1] / dense_us:.2f}× | {pk / dense_us:.2f}×" if pk else "NOT EXACT"
-            print(f"| {label} | {B} | {name(picked)} | {best[0]} | {best[1]:.1f} | {pk_cells} |", flush=True)
-    print("\nµs, median of triton.testing.do_bench (L2 flushed before each call). All tilings, µs:\n")
+            ratio = f"{pk_graph / dense_graph:.2f}×" if pk_graph and dense_graph else "—"
+            print(f"| {label} | {B} | {name(picked)} | {best[0]} | {best[1]:.1f} | {pk_cells} | {cell(pk_graph)} | "
+                  f"{cell(dense_graph)} | {ratio} |", flush=True)
+    print("\nµs, median of triton.testing.do_bench (L2 flushed before each call); graph: median of "
+          "do_bench_cudagraph (calls replayed in a CUDA graph, L2 warm). All tilings, µs:\n")
     print("| tiles | " + " | ".join(f"{r['layer']} B={r['B']}" for r in results) + " |")
     print("|---|" + "---|" * len(results))
     for t in dict.fromkeys(n for r in results for n in r["times_us"]):
         cells = [r["times_us"].get(t) for r in results]
-        print(f"| {t} | " + " | ".join("—" if c is None else f"{c:.1f}" for c in cells) + " |")
+        print(f"| {t} | " + " | ".join(cell(c) for c in cells) + " |")
     if args.json:
         args.json.write_text(json.dumps({"gpu": gpu, "torch": torch.__version__,
                                          "rows": results}, indent=1))
