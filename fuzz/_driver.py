@@ -1,4 +1,5 @@
-"""What both fuzzers share: the mutate-check loop's bookkeeping, crash files and the memory cap.
+"""What both fuzzers share: byte mutations, the mutate-check loop's bookkeeping, crash files and the
+memory cap.
 
 A finding is any exception other than HmdfError, counted once per (exception type, innermost
 hmdf_deploy file:line), so one bug is one finding however many inputs reach it.
@@ -7,10 +8,31 @@ hmdf_deploy file:line), so one bug is one finding however many inputs reach it.
 from __future__ import annotations
 
 import hashlib
+import random
 import resource
 import traceback
 from pathlib import Path
 from typing import Callable
+
+Edit = Callable[[bytearray, random.Random], bytearray]
+
+
+def byte_mutation(data: bytes, other: bytes, rng: random.Random, special: tuple[Edit, ...]) -> bytes:
+    """One random edit of `data`: flipped bits, a truncation, a splice with `other`, or one of the
+    format's own `special` edits."""
+    b = bytearray(data)
+    op = rng.randrange(3 + len(special))
+    if op == 0:
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+    elif op == 1:
+        del b[rng.randrange(len(b)):]
+    elif op == 2:
+        i, j = rng.randrange(len(b)), rng.randrange(len(other))
+        b = b[:i] + other[j:]
+    else:
+        b = special[op - 3](b, rng)
+    return bytes(b)
 
 
 def where(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hmdf_deploy.errors import HmdfError
+import _driver
 from _driver import Campaign, cap_memory
 from hmdf_deploy.event_stream import iter_frames
 from hmdf_deploy.events import EventRecording, make_events, read_events, write_events
@@ -118,23 +119,18 @@ def mutate_arrays(arrays: dict, rng: random.Random) -> dict:
     return a
 
 
+def _zip_junk(b: bytearray, rng: random.Random) -> bytearray:
+    return bytearray(b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(rng.randint(0, 300))))
+
+
+def _extreme_word(b: bytearray, rng: random.Random) -> bytearray:
+    i = rng.randrange(len(b))
+    b[i:i + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff"])
+    return b
+
+
 def byte_mutation(data: bytes, other: bytes, rng: random.Random) -> bytes:
-    b = bytearray(data)
-    op = rng.randrange(5)
-    if op == 0:
-        for _ in range(rng.randint(1, 8)):
-            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-    elif op == 1:
-        del b[rng.randrange(len(b)):]
-    elif op == 2:
-        i, j = rng.randrange(len(b)), rng.randrange(len(other))
-        b = b[:i] + other[j:]
-    elif op == 3:
-        b = bytearray(b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(rng.randint(0, 300))))
-    else:
-        i = rng.randrange(len(b))
-        b[i:i + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff"])
-    return bytes(b)
+    return _driver.byte_mutation(data, other, rng, (_zip_junk, _extreme_word))
 
 
 # ------------------------------------------------------------------------------ oracle

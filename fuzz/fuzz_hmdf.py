@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from hmdf_deploy.deploy import Reference, load_hmdf, save_hmdf  # noqa: E402
 from hmdf_deploy.deploy.container import read_container, write_container  # noqa: E402
 from hmdf_deploy.errors import HmdfError  # noqa: E402
+import _driver  # noqa: E402
 from _driver import Campaign, cap_memory  # noqa: E402
 
 #: Largest activation (elements per sample, summed over nodes) the oracle runs; beyond this a
@@ -168,23 +169,20 @@ def mutate_parts(tensors: dict, meta: dict, rng: random.Random) -> tuple[dict, d
     return tensors, meta
 
 
+def _insert_junk(b: bytearray, rng: random.Random) -> bytearray:
+    i = rng.randrange(len(b))
+    b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+    return b
+
+
+def _header_length(b: bytearray, rng: random.Random) -> bytearray:
+    """Rewrite the 8-byte header length."""
+    b[:8] = rng.choice([0, 1, 7, 2**24, 2**63, 2**64 - 1, len(b), len(b) - 8]).to_bytes(8, "little")
+    return b
+
+
 def byte_mutation(data: bytes, other: bytes, rng: random.Random) -> bytes:
-    b = bytearray(data)
-    op = rng.randrange(5)
-    if op == 0:
-        for _ in range(rng.randint(1, 8)):
-            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-    elif op == 1:
-        del b[rng.randrange(len(b)):]
-    elif op == 2:
-        i, j = rng.randrange(len(b)), rng.randrange(len(other))
-        b = b[:i] + other[j:]
-    elif op == 3:
-        i = rng.randrange(len(b))
-        b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
-    else:  # rewrite the 8-byte header length
-        b[:8] = rng.choice([0, 1, 7, 2**24, 2**63, 2**64 - 1, len(b), len(b) - 8]).to_bytes(8, "little")
-    return bytes(b)
+    return _driver.byte_mutation(data, other, rng, (_insert_junk, _header_length))
 
 
 # ------------------------------------------------------------------------------ oracle
