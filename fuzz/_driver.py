@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import resource
+import sys
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -40,6 +41,19 @@ def where(exc: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "hmdf_deploy" in f.filename]
     f = frames[-1] if frames else traceback.extract_tb(exc.__traceback__)[-1]
     return f"{Path(f.filename).name}:{f.lineno}"
+
+
+def run_atheris(one: Callable, seconds: float) -> int:
+    """Run `one(atheris.FuzzedDataProvider)` under atheris (coverage-guided) for `seconds`; 2 if
+    atheris is not installed."""
+    try:
+        import atheris
+    except ImportError:
+        print("atheris is not installed (pip install atheris); use the plain loop", file=sys.stderr)
+        return 2
+    atheris.Setup([sys.argv[0], f"-max_total_time={int(seconds)}"], lambda data: one(atheris.FuzzedDataProvider(data)))
+    atheris.Fuzz()
+    return 0
 
 
 def cap_memory(gb: float) -> None:

@@ -207,22 +207,13 @@ def main() -> int:
 
 
 def run_atheris(seeds, seed_bytes, target: Path, args) -> int:
-    try:
-        import atheris
-    except ImportError:
-        print("atheris is not installed (pip install atheris); use the plain loop", file=sys.stderr)
-        return 2
-
-    def one(data: bytes) -> None:
-        fdp = atheris.FuzzedDataProvider(data)
+    def one(fdp) -> None:
         case = make_case(seeds, seed_bytes, random.Random(fdp.ConsumeInt(8)))
         if case is not None:
             target.write_bytes(case)
             check(target)
 
-    atheris.Setup([sys.argv[0], f"-max_total_time={int(args.seconds)}"], one)
-    atheris.Fuzz()
-    return 0
+    return _driver.run_atheris(one, args.seconds)
 
 
 if __name__ == "__main__":
