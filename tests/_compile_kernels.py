@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 
 assert not os.environ.get("TRITON_INTERPRET"), "compile without the interpreter"
 
@@ -25,13 +26,17 @@ SM80 = ("synapse-trit2-int-taps", "synapse-sign1-float-taps", "fused-trit2-int-h
 
 
 def compile_ptx(fn, pointers: dict[str, str], constants: dict, target: str) -> str:
-    """PTX of `fn` with the given pointer element types, constexprs (and "num_warps"), every other
-    argument i32."""
+    """PTX of `fn` with the given pointer element types, constexprs (and "num_warps", and
+    "divisible": integer arguments that are multiples of 16), every other argument i32. As in a
+    launch, pointers are 16-byte aligned and the "divisible" integers specialized as such."""
     constants = dict(constants)
     warps = constants.pop("num_warps", 4)
+    divisible = set(pointers) | set(constants.pop("divisible", ()))
     names = fn.arg_names
     signature = {n: pointers.get(n) and "*" + pointers[n] or ("constexpr" if n in constants else "i32") for n in names}
-    source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()})
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+    source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()},
+                       attrs=attrs)
     options = {"enable_fp_fusion": False, "num_warps": warps}
     return triton.compile(source, target=TARGETS[target], options=options).asm["ptx"]
 
@@ -45,6 +50,8 @@ def features(ptx: str) -> dict:
         "fma_f32": bool(re.search(r"\bfma\.rn\.f32\b", ptx)),
         "byte_loads": bool(re.search(r"\bld\.global(?:\.\w+)*\.(?:u8|b8)\b", ptx)),
         "byte_stores": bool(re.search(r"\bst\.global(?:\.\w+)*\.(?:u8|b8)\b", ptx)),
+        # global load instructions by width (".b8", ".b32", ".v2.b32", …): vectorized loads show here
+        "loads": dict(Counter(re.findall(r"\bld\.global(?:\.L1::\w+|\.L2::\w+|\.nc)*((?:\.v\d)?\.\w+)", ptx))),
     }
 
 
@@ -64,7 +71,7 @@ def variants():
         t = gemm.blocks(M, w)
         yield (f"synapse-trit2-int-rows{M}-channels{channels}", gemm._synapse_kernel, ptrs,
                dict(KH=3, KW=3, SCHEME=2, INT=True, TAPS=gemm.taps(w), BLOCK_M=t.m, BLOCK_N=t.n, BLOCK_K=t.k,
-                    num_warps=t.warps))
+                    num_warps=t.warps, divisible=("Cp", "row_len")))
     models = (("hmdf", neuron.HMDF), ("lif", neuron.LIF), ("parallel", neuron.PARALLEL))
     f32 = dict.fromkeys(["sc_ptr", "sh_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
     for scheme, code in gemm.SCHEMES.items():

@@ -39,6 +39,7 @@ from hmdf_deploy.deploy.graph import DeployModel, Flatten, Neuron
 from hmdf_deploy.deploy.pack import unpack
 from hmdf_deploy.deploy.reference import Reference
 from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.runtime.kernels import gemm
 from hmdf_deploy.runtime.kernels import (
     NeuronParams, neuron_scan, neuron_steps, pack_weight, synapse, synapse_neuron,
 )
@@ -288,6 +289,35 @@ def test_weights_stay_packed(weights, scheme, per_byte):
         for tap in range(9):
             row = packed.data[o, tap * per_tap:(tap + 1) * per_tap]
             assert torch.equal(unpack(row, per_tap * per_byte, scheme)[:7], weight[o, :, tap // 3, tap % 3])
+
+
+@pytest.mark.parametrize("tiles", [(16, 16, 32), (16, 16, 256)], ids=["k32", "k256"])
+@pytest.mark.parametrize("weights", ["1.5bit", "1bit"])
+def test_bytes_read_past_a_step_change_nothing(weights, tiles):
+    """K steps read whole bytes unmasked along K: past a tap's last channel (the next tap's codes)
+    and past the last row (the slack). With the slack full of nonzero codes instead of zeros, the
+    sums are still exact: only zero inputs meet them."""
+    g = torch.Generator().manual_seed(12)
+    weight = codes_for(weights, (5, 19, 3, 3), g)  # 19 channels: partial bytes and partial K steps
+    w = pack_weight(weight, weights)
+    whole = torch.empty(0, dtype=torch.uint8).set_(w.data.untyped_storage())  # the packed rows and the slack
+    assert whole.numel() == w.data.numel() + gemm.SLACK and not whole[w.data.numel():].any()
+    whole[w.data.numel():] = 0xFF
+    x = activations("codes", (2, 19, 6, 5), g)
+    got = synapse(x, w, torch.ones(1, 5), torch.zeros(1, 5), padding=1, tiles=tiles)
+    assert torch.equal(got, F.conv2d(x.double(), weight.double(), padding=1).float())
+
+
+def test_weights_without_slack_or_odd_k_steps_are_refused():
+    g = torch.Generator().manual_seed(13)
+    w = pack_weight(codes_for("1.5bit", (4, 3, 3, 3), g), "1.5bit")
+    x, scale, shift = torch.zeros(1, 3, 5, 5, dtype=torch.uint8), torch.ones(1, 4), torch.zeros(1, 4)
+    bare = gemm.PackedWeight(w.data.clone(), w.scheme, 4, 3, (3, 3), w.tap_channels)  # no bytes after it
+    with pytest.raises(ValueError, match="SLACK bytes after them"):
+        synapse(x, bare, scale, shift)
+    for k in (48, 512):
+        with pytest.raises(ValueError, match=f"power of two up to 256, not {k}"):
+            synapse(x, w, scale, shift, tiles=(16, 16, k))
 
 
 def test_synapse_errors_and_empty_batch():

@@ -20,7 +20,7 @@ import triton.language as tl
 from torch import Tensor
 
 from hmdf_deploy.runtime.kernels.gemm import (
-    SCHEMES, PackedWeight, Tiles, blocks, conv_geometry, integer_dot, synapse_tile, taps,
+    SCHEMES, PackedWeight, Tiles, blocks, check_slack, conv_geometry, integer_dot, synapse_tile, taps,
 )
 from hmdf_deploy.runtime.kernels.neuron import (
     PARALLEL, NeuronParams, check_state, neuron_step, param_args, store_spikes,
@@ -80,6 +80,7 @@ def synapse_neuron(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, p: 
         return spikes, v_out
     scale, shift = (t.contiguous() for t in torch.broadcast_tensors(scale, shift))
     tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
+    check_slack(w, tiles)
     v_in = v.contiguous() if v is not None and stateful else spikes
     _synapse_neuron_kernel[(triton.cdiv(M, tiles.m), triton.cdiv(w.out_channels, tiles.n))](
         x.contiguous(), w.data, scale, shift, spikes, v_in, v_out if v_out is not None else spikes,

@@ -10,11 +10,13 @@ holding kh·kw taps of C' ≥ C codes each (C rounded up to whole bytes, so ever
 - "sign1": 1-bit codes, 8 per byte, bit = 1 ⇔ +1 (`pack.pack_signs`);
 - "fp32": dense float32 (layers left unquantized).
 
-Each tile of packed bytes is loaded once and decoded in registers with shifts and masks. With 16
-or more input channels a K step stays inside one tap (dy, dx): the input rows' offsets and padding
-masks are worked out once per step and the channels are a plain stride. Fewer channels (a
-network's first layer) run over the taps' padded codes as one flat K instead, so that a K step is
-not mostly masked. Each step's loads are issued one step ahead. When the input is uint8 4-bit
+Each byte of packed codes is loaded once, unmasked along K so that the loads vectorize (what lies
+past a step's codes meets zero inputs; `SLACK` bytes after the last row keep it in bounds), and
+decoded in registers with shifts and masks. With 16 or more input channels a K step stays inside
+one tap (dy, dx): the input rows' offsets and padding masks are worked out once per step and the
+channels are a plain stride. Fewer channels (a network's first layer) run over the taps' padded
+codes as one flat K instead, so that a K step is not mostly masked. Each step's loads are issued
+one step ahead. When the input is uint8 4-bit
 codes and the weights are codes, the products go through an int8 dot with an int32 accumulator:
 exact, whatever the order (SPEC §6 "additions only"). Otherwise the dot runs in float32 ("ieee",
 no TF32) so results match the torch reference to float rounding.
@@ -39,6 +41,11 @@ _SCHEME_OF = {"fp32": "fp32", "1bit": "sign1", "1.5bit": "trit2"}
 _PAD_CODE = {"sign1": 1, "trit2": 0}  # padding codes; their products are masked to zero anyway
 _PER_BYTE = {"sign1": 8, "trit2": 4}
 MAX_NUMEL = 2**31 - 1
+MAX_BLOCK_K = 256
+#: Zero bytes kept after packed weights: a K step's byte loads run unmasked along K (so they
+#: vectorize), and the last row's steps, with the one prefetched past the end, read up to
+#: 2 · MAX_BLOCK_K / 4 bytes beyond it.
+SLACK = 2 * MAX_BLOCK_K // 4
 
 
 @dataclass
@@ -68,29 +75,44 @@ def pack_weight(weight: Tensor, weights: str, device: torch.device | str = "cpu"
     kernel = tuple(weight.shape[2:]) if weight.dim() == 4 else (1, 1)
     by_tap = weight.reshape(O, C, -1).transpose(1, 2)  # (O, kh·kw, C): a tap's channels side by side
     if scheme == "fp32":
-        data, cp = by_tap.to(torch.float32), C
-    else:
-        cp = C + -C % _PER_BYTE[scheme]
-        data = pack(torch.nn.functional.pad(by_tap.to(torch.int8), (0, cp - C), value=_PAD_CODE[scheme]), scheme)
-    return PackedWeight(data.reshape(O, -1).contiguous().to(device), scheme, O, C, kernel, cp)
+        return PackedWeight(by_tap.reshape(O, -1).to(device, torch.float32).contiguous(), scheme, O, C, kernel, C)
+    cp = C + -C % _PER_BYTE[scheme]
+    data = pack(torch.nn.functional.pad(by_tap.to(torch.int8), (0, cp - C), value=_PAD_CODE[scheme]), scheme)
+    buffer = torch.zeros(data.numel() + SLACK, dtype=torch.uint8, device=device)  # see SLACK
+    buffer[:data.numel()] = data.reshape(-1)
+    return PackedWeight(buffer[:data.numel()].view(O, -1), scheme, O, C, kernel, cp)
+
+
+def check_slack(w: PackedWeight, tiles: Tiles) -> None:
+    """The kernel reads up to 2 · BLOCK_K / (codes per byte) ≤ SLACK bytes past the last packed row."""
+    if tiles.k > MAX_BLOCK_K or tiles.k != triton.next_power_of_2(tiles.k):
+        raise ValueError(f"BLOCK_K must be a power of two up to {MAX_BLOCK_K}, not {tiles.k}")
+    if w.scheme != "fp32":
+        room = w.data.untyped_storage().nbytes() - w.data.storage_offset() - w.data.numel()
+        if not w.data.is_contiguous() or room < SLACK:
+            raise ValueError("packed weights need SLACK bytes after them in memory: make them with pack_weight")
 
 
 @triton.jit
 def _operands(x_row, w_ptr, s, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
               KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, TAPS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """K step s's input tile (BLOCK_M, BLOCK_K) and its weights as stored (BLOCK_K, BLOCK_N): bytes
-    of packed codes, or float32; all masked off for s ≥ steps. TAPS: BLOCK_K channels of one
-    tap; otherwise BLOCK_K consecutive codes of the padded taps, each element its own tap."""
+    """K step s's input tile (BLOCK_M, BLOCK_K) and its weights as stored: (BLOCK_K / codes per byte,
+    BLOCK_N) bytes of packed codes, or (BLOCK_K, BLOCK_N) float32; all masked off for s ≥ steps.
+    TAPS: BLOCK_K channels of one tap; otherwise BLOCK_K consecutive codes of the padded taps, each
+    element its own tap. Either way a step's codes are consecutive in the packed row from k0 on, and
+    k0 falls on a byte boundary, so each byte is loaded once."""
     HW = H * W
     live_c = tl.where(s < steps, Cin, 0)  # (a scalar bool in a mask trips the interpreter)
     if TAPS:  # tap (dy, dx) = divmod(r, KW): row offsets and masks once per row, channels a stride
         c_blocks = tl.cdiv(Cin, BLOCK_K)
         r = s // c_blocks
-        c = (s - r * c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        c0 = (s - r * c_blocks) * BLOCK_K
+        c = c0 + tl.arange(0, BLOCK_K)
         kmask = c < live_c
         ih, iw = ih0 + r // KW, iw0 + r % KW
         rmask = mmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         xt = tl.load((x_row + ih * W + iw)[:, None] + (c * HW)[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
+        k0, k_live = r * Cp + c0, r * Cp + live_c  # codes k0 … k_live − 1 of the row are this step's
     else:
         k = s * BLOCK_K + tl.arange(0, BLOCK_K)
         r, c = k // Cp, k % Cp
@@ -99,26 +121,29 @@ def _operands(x_row, w_ptr, s, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, 
         iw = iw0[:, None] + (r % KW)[None, :]
         xmask = mmask[:, None] & kmask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         xt = tl.load(x_row[:, None] + (c * HW)[None, :] + ih * W + iw, mask=xmask, other=0)
-    k = r * Cp + c  # index in the packed row
-    if SCHEME == 1:
-        k = k // 8
-    elif SCHEME == 2:
-        k = k // 4
-    w = tl.load(w_ptr + o[None, :] * row_len + k[:, None], mask=kmask[:, None] & omask[None, :], other=0)
+        k0, k_live = s * BLOCK_K, tl.where(s < steps, KH * KW * Cp, 0)
+    if SCHEME == 0:
+        k = k0 + tl.arange(0, BLOCK_K)
+        w = tl.load(w_ptr + o[None, :] * row_len + k[:, None], mask=(k < k_live)[:, None] & omask[None, :], other=0)
+    else:
+        # Bytes past this step's codes (the next tap's, or the slack after the last row) are read
+        # unmasked so the loads vectorize: whatever codes they hold meet zero inputs, masked above.
+        PER: tl.constexpr = 8 if SCHEME == 1 else 4
+        kb = k0 // PER + tl.arange(0, BLOCK_K // PER)
+        w = tl.load(w_ptr + o[None, :] * row_len + kb[:, None], mask=omask[None, :], other=0)
     return xt, w
 
 
 @triton.jit
-def _decoded(w, SCHEME: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A (BLOCK_K, BLOCK_N) weight tile as stored → codes (int32) or float32. Tap rows and K steps
-    start on whole bytes (C' and BLOCK_K are multiples of 8), so element j of a step sits at bit
-    position j mod (codes per byte) of its byte."""
-    j = tl.arange(0, BLOCK_K)[:, None]
+def _decoded(w, SCHEME: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Weights as stored → a (BLOCK_K, BLOCK_N) tile of codes (int32) or float32. Each byte of codes
+    is expanded in registers: code j of a byte sits at bit j (sign1) or bits 2j..2j+1 (trit2)."""
     if SCHEME == 1:  # bit j: 1 ⇔ +1
-        codes = 2 * ((w.to(tl.int32) >> (j % 8)) & 1) - 1
+        bits = (w.to(tl.int32)[:, None, :] >> tl.arange(0, 8)[None, :, None]) & 1
+        codes = tl.reshape(2 * bits - 1, (BLOCK_K, BLOCK_N))
     elif SCHEME == 2:  # bits 2j..2j+1: 00 → 0, 01 → +1, 11 → −1
-        field = (w.to(tl.int32) >> (2 * (j % 4))) & 3
-        codes = tl.where(field == 3, -1, field)
+        field = (w.to(tl.int32)[:, None, :] >> (2 * tl.arange(0, 4))[None, :, None]) & 3
+        codes = tl.reshape(tl.where(field == 3, -1, field), (BLOCK_K, BLOCK_N))
     else:
         codes = w
     return codes
@@ -148,7 +173,7 @@ def _accumulate(x_ptr, w_ptr, m, o, mmask, omask,
     for s in range(steps):
         x_next, w_next = _operands(x_row, w_ptr, s + 1, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W,
                                    row_len, KH, KW, SCHEME, TAPS, BLOCK_K)
-        w = _decoded(wt, SCHEME, BLOCK_K)
+        w = _decoded(wt, SCHEME, BLOCK_K, BLOCK_N)
         if INT:
             acc += tl.dot(xt.to(tl.int8), w.to(tl.int8))
         else:
@@ -278,6 +303,7 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
     # one (R, O') layout for both (no copy when they already share it, as the backend's do)
     scale, shift = (t.contiguous() for t in torch.broadcast_tensors(scale, shift))
     tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
+    check_slack(w, tiles)
     _synapse_kernel[(triton.cdiv(M, tiles.m), triton.cdiv(w.out_channels, tiles.n))](
         x.contiguous(), w.data, scale, shift, out,
         M, w.out_channels, g.Cin, w.tap_channels, g.H, g.W, g.Ho, g.Wo, stride, padding, w.data.shape[1],
