@@ -17,8 +17,8 @@ the results are flushed to `--out` after every row, so a timeout still leaves wh
    against `synapse` then `neuron_steps` (two launches, a float32 current through memory), as one
    streaming step (T = 1, membrane in and out) and as a sequence of T = 4 steps without state.
 4. A whole network: VGG-11 on 3×32×32, T = 4, 1.5-bit weights, 4-bit spikes (tests/nets.py
-   `make_deploy`, random folded weights that fire): per-step latency (`TritonBackend.step`) and
-   whole sequences (`TritonBackend.run`, loop and scan) against the torch reference on the same
+   `make_deploy`, random folded weights that fire): per-step latency (`TritonBackend.step`, replayed
+   from CUDA graphs, and with its kernels launched one by one) and whole sequences (`TritonBackend.run`, loop and scan) against the torch reference on the same
    device and SpikingJelly (LIFNode, multi-step, its Triton kernel) of the same layer shapes; with
    how many synapses each triton backend runs fused with their neuron (`TritonBackend.fused`).
 
@@ -684,7 +684,8 @@ def network_runners(model, spec, dev: str, rep: Report) -> dict:
     from hmdf_deploy.deploy.reference import Reference
     from hmdf_deploy.runtime.triton_backend import TritonBackend
 
-    loop, scan = TritonBackend(model), TritonBackend(model, scan=True)
+    loop, scan, launched = TritonBackend(model), TritonBackend(model, scan=True), TritonBackend(model)
+    launched.graphs = None  # each step's kernels launched from Python, as before the CUDA-graph replay
     fused, scan_fused, note = fused_counts(model, scan)
     rep.add("notes", note)
     ref = Reference(on_device(model, dev))
@@ -701,6 +702,8 @@ def network_runners(model, spec, dev: str, rep: Report) -> dict:
         TRITON_NUMPY: {"run": loop.run, "step": loop.step, "reset": loop.reset, "feed": "numpy", "fused": fused},
         TRITON_DEVICE: {"run": loop.run, "step": loop.step, "reset": loop.reset, "feed": "device",
                         "same_as": TRITON_NUMPY, "fused": fused},
+        "hmdf triton, steps launched without CUDA graphs (numpy in/out)": {
+            "run": launched.run, "step": launched.step, "reset": launched.reset, "feed": "numpy", "fused": fused},
         "hmdf triton scan (device input)": {"run": scan.run, "step": None, "reset": scan.reset, "feed": "device",
                                             "fused": scan_fused},
         "hmdf torch Reference on device (loop)": {"run": lambda x: ref.run(x).cpu(), "step": ref_step,

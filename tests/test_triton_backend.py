@@ -30,7 +30,7 @@ from hmdf_deploy.deploy import Reference
 from hmdf_deploy.deploy.graph import Conv, Pool
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.models import ModelConfig
-from hmdf_deploy.runtime import Engine
+from hmdf_deploy.runtime import Engine, triton_backend
 from hmdf_deploy.runtime.triton_backend import TritonBackend
 
 # In the interpreter a gather past a tensor's end shows up as garbage that overflows: fail on it.
@@ -138,3 +138,62 @@ def test_any_valid_geometry_runs_on_triton_like_the_reference(data, which):
     for t in range(model.T):
         steps.append(backend.step(x[t].numpy(), t))
     check_close(np.stack(steps), truth, want, "step")
+
+
+def _replaying(monkeypatch) -> list:
+    """Make StepGraphs record on the CPU: a "recording" replays the step function itself, so the
+    bookkeeping around CUDA graphs (buffers, keys, state hand-over) runs here as on a GPU."""
+    recorded = []
+
+    def capture(fn):
+        recorded.append(fn)
+        return fn
+    monkeypatch.setattr(triton_backend, "_capture", lambda: capture)
+    return recorded
+
+
+@pytest.mark.parametrize("policy", ["window", "continuous"])
+def test_replayed_steps_equal_launched_steps(monkeypatch, policy):
+    """A stream through recorded steps gives exactly the logits of steps launched one by one:
+    across windows, past T (continuous), a changed batch size, an Engine.run in between, and more
+    batch sizes than are kept."""
+    deploy = _kind("vgg-G-1bit-4bit-seca2-membn")  # membranes, Mem-BN tables per step, SECA-II
+    live = Engine(deploy, "triton", policy)
+    recorded = _replaying(monkeypatch)
+    replayed = Engine(deploy, "triton", policy)
+    assert live.backend.graphs is None and replayed.backend.graphs is not None
+    g = torch.Generator().manual_seed(3)
+    T = deploy.T
+    for batch, steps in [(2, 2 * T + 1), (3, T), (1, T), (4, 1), (5, 1), (2, T)]:
+        live.reset(), replayed.reset()
+        for t in range(steps):
+            x = torch.rand(batch, *deploy.input_shape, generator=g).numpy()
+            want, got = live.step(x), replayed.step(x)
+            np.testing.assert_array_equal(got.logits, want.logits, err_msg=f"batch {batch}, step {t}")
+            if t == 1:  # a whole window from a fresh state, and the stream goes on untouched
+                frames = torch.rand(T, batch, *deploy.input_shape, generator=g).numpy()
+                np.testing.assert_array_equal(replayed.run(frames), live.run(frames))
+    graphs = replayed.backend.graphs
+    assert len(graphs.buffers) == graphs.MAX_BATCHES and 3 not in graphs.buffers  # the oldest dropped
+    assert {k for k in graphs.replays if k[0] == 1} == {(1, t, True) for t in range(1, T)}  # t = 0: eager
+    assert len(recorded) > 0
+
+
+def test_a_replayed_step_reads_the_state_it_is_given(monkeypatch):
+    """Setting the backend's state (as Engine.run restores it) is honoured by the next replay, and
+    a step with no state does not replay the recording of that step with one."""
+    deploy = _kind("vgg-G-1bit-4bit-seca2-membn")
+    _replaying(monkeypatch)
+    backend = TritonBackend(deploy)
+    monkeypatch.undo()
+    live = TritonBackend(deploy)
+    assert backend.graphs is not None and live.graphs is None
+    x = torch.rand(3, 2, *deploy.input_shape, generator=torch.Generator().manual_seed(4)).numpy()
+    for t in range(3):  # buffers, then a recording, then a replay
+        backend.step(x[t], t)
+        live.step(x[t], t)
+    elsewhere = {k: v.clone() + 0.25 for k, v in live.state.items()}
+    backend.state, live.state = elsewhere, dict(elsewhere)
+    np.testing.assert_array_equal(backend.step(x[0], 1), live.step(x[0], 1))
+    backend.reset(), live.reset()  # the same step row as recorded above, but from no state
+    np.testing.assert_array_equal(backend.step(x[1], 1), live.step(x[1], 1))

@@ -58,6 +58,8 @@ class TritonBackend:
         self.layers = {n.name: self._prepare(n) for n in model.nodes}
         self.fused = _fusable(model)
         self.state: dict[str, Tensor] = {}
+        capture = _capture()
+        self.graphs = StepGraphs(self, capture) if capture is not None else None
 
     def _prepare(self, n):
         """Each node's tensors once, on the device and in the kernels' layouts."""
@@ -76,8 +78,11 @@ class TritonBackend:
 
     @torch.no_grad()
     def step(self, x_t: np.ndarray, t: int) -> np.ndarray:
-        x = torch.as_tensor(x_t, dtype=torch.float32).to(self.device)
-        logits, self.state = self._forward(x, t, 1, self.state)
+        x = torch.as_tensor(x_t, dtype=torch.float32)
+        if self.graphs is not None:
+            logits, self.state = self.graphs.step(x, t, self.state)
+        else:
+            logits, self.state = self._forward(x.to(self.device), t, 1, self.state)
         return logits.cpu().numpy()
 
     @torch.no_grad()
@@ -159,3 +164,79 @@ def _fusable(model: DeployModel) -> set[str]:
     synapses = {n.name for n in model.nodes if isinstance(n, Synapse)}
     return {name for name in synapses if name != model.output and len(readers.get(name, [])) == 1
             and isinstance(readers[name][0], Neuron)}
+
+
+def _capture():
+    """How `StepGraphs` records a step on this machine: a CUDA graph, or None (the interpreter:
+    nothing to gain; tests put a plain replay of the function here to check the bookkeeping)."""
+    return None if interpreted() else _cuda_graph
+
+
+def _cuda_graph(fn):
+    """Record fn's kernels once (fn has just run eagerly, so they are compiled); replaying the graph
+    runs them again on whatever the tensors fn reads hold then."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+class StepGraphs:
+    """A streaming step replayed from a recording instead of launched node by node.
+
+    At batch 1 a step's kernels take microseconds each and launching them from Python takes longer,
+    so on a GPU each step is recorded once as a CUDA graph and replayed. A recording fixes its
+    tensors and its scalars, so there is one per batch size, step row (min(t, T − 1): every
+    per-step table has 1 or T rows) and whether a state is carried in; it reads the input and the
+    membranes from buffers of its own and writes the logits and the new membranes back into them.
+    The first step of each kind runs eagerly (compiling the kernels) and is recorded after.
+    """
+
+    MAX_BATCHES = 4  # batch sizes with recordings kept; an older one's are dropped to bound memory
+
+    def __init__(self, backend: TritonBackend, capture) -> None:
+        self.backend, self.capture = backend, capture
+        self.buffers: dict[int, dict[str, Tensor]] = {}  # per batch size: "input", "logits", membranes
+        self.replays: dict[tuple[int, int, bool], object] = {}
+
+    def step(self, x: Tensor, t: int, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The logits of step t on the host batch x, and the state after it (the buffers)."""
+        B, row, carried = len(x), min(t, self.backend.T - 1), bool(state)
+        buf = self.buffers.get(B)
+        if buf is None:  # this batch size's first step: eager, and its outputs give the buffers' shapes
+            logits, new = self.backend._forward(x.to(self.backend.device), t, 1, state)
+            self._keep(B, {"input": x.to(self.backend.device), "logits": logits, **new})
+            return logits, self._membranes(B)
+        buf["input"].copy_(x)
+        for name, v in state.items():
+            if v is not buf[name]:  # a state from elsewhere (another batch's, a caller's)
+                buf[name].copy_(v)
+        key = (B, row, carried)
+        replay = self.replays.get(key)
+        if replay is None:
+            fn = self._step_fn(buf, row, carried)
+            fn()
+            self.replays[key] = self.capture(fn)
+        else:
+            replay()
+        return buf["logits"], self._membranes(B)
+
+    def _step_fn(self, buf: dict[str, Tensor], row: int, carried: bool):
+        membranes = {k: v for k, v in buf.items() if k not in ("input", "logits")}
+
+        def fn():
+            logits, new = self.backend._forward(buf["input"], row, 1, membranes if carried else {})
+            buf["logits"].copy_(logits)
+            for name, v in new.items():
+                membranes[name].copy_(v)
+        return fn
+
+    def _keep(self, B: int, buf: dict[str, Tensor]) -> None:
+        if len(self.buffers) >= self.MAX_BATCHES:
+            oldest = next(iter(self.buffers))
+            del self.buffers[oldest]
+            self.replays = {k: r for k, r in self.replays.items() if k[0] != oldest}
+        self.buffers[B] = buf
+
+    def _membranes(self, B: int) -> dict[str, Tensor]:
+        return {k: v for k, v in self.buffers[B].items() if k not in ("input", "logits")}
