@@ -3,7 +3,8 @@
 Block: h = BN1(conv1(act1(x))); y = BN2(conv2(act2(h))) + shortcut(x). The residual stream
 carries real currents; the shortcut is a quantized 1×1 conv + BN when the shape changes. With
 `parallel`, act2 is a Parallel HM-DF neuron (SPEC §1.1). SECA follows each conv+BN; SECA-II adds
-the block's input current before the attention when the shapes match (SPEC §9).
+a residual current before the attention (SPEC §9): the block input x after the first conv (when the
+shapes match) and h after the second, as the paper's reference code does (docs/import-hdlif.md).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def train_batch(
 
 
 def _online(model, optimizer, x, y, T, static, accumulate) -> BatchResult:
-    """SPEC §4.1: loss on each step's own output; T optimizer steps, or one after accumulating."""
+    """SPEC §4.1: loss on each step's own output; T optimizer steps, or one on the mean of the T gradients."""
     total, losses = 0.0, []
     optimizer.zero_grad(set_to_none=True)
     for t in range(T):
