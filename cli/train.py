@@ -35,6 +35,8 @@ def train(
     width: Optional[int] = typer.Option(None, help="ResNet base width (default per dataset)."),
     mode: str = typer.Option("online", help="online, online-accumulate, or stbp (baseline)."),
     random_backprop: bool = typer.Option(False, "--random-backprop", help="Back-propagate one random step per batch."),
+    mix: Optional[bool] = typer.Option(None, "--mix/--no-mix",
+                                       help="Mixup / CutMix on every batch (default per dataset: on for the real ones)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default per dataset)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size per process."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (SGD, Nesterov, cosine schedule)."),
@@ -64,7 +66,7 @@ def train(
         ).validate()
         train_config = TrainConfig(
             dataset=dataset, data_dir=str(data_dir) if data_dir else None, mode=mode,
-            random_backprop=random_backprop, epochs=_or(epochs, recipe["epochs"]),
+            random_backprop=random_backprop, mix=_or(mix, recipe["mix"]), epochs=_or(epochs, recipe["epochs"]),
             batch_size=_or(batch_size, recipe["batch_size"]), lr=_or(lr, recipe["lr"]), seed=seed,
         ).validate()
         run_dir = out or Path("runs") / dataset

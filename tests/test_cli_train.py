@@ -15,6 +15,7 @@ from hmdf_deploy.cli.main import app
 from hmdf_deploy.data import load_dataset
 from hmdf_deploy.training import evaluate, load_trained
 from hmdf_deploy.training import checkpoint as ckpt
+from test_data_cifar import make_cifar10
 
 
 #: A network and schedule small enough to train in a few seconds on two cores.
@@ -74,10 +75,22 @@ def test_digits_end_to_end(digits_run):
     assert config["model"]["cfg"] == [8, "M", 16, "M"] and config["model"]["T"] == 2
     assert (config["model"]["in_channels"], config["model"]["input_size"]) == (1, [8, 8])
     assert (config["train"]["epochs"], config["train"]["batch_size"]) == (1, 128)
+    assert config["train"]["mix"] is False  # the built-in data's recipe trains without Mixup / CutMix
     # the run rebuilds from its directory and scores what was reported
     net = load_trained(out)
     _, test, _ = load_dataset("digits", T=2)
     assert evaluate(net, test.x, test.y, static=True) == acc
+
+
+@pytest.mark.parametrize("flag, mix", [([], True), (["--no-mix"], False)], ids=["recipe", "no-mix"])
+def test_real_datasets_train_with_mixup_cutmix_unless_told_not_to(tmp_path, flag, mix):
+    """SPEC §4.5's recipe for CIFAR: Mixup / CutMix on by default, `--no-mix` turns it off."""
+    make_cifar10(tmp_path / "data", n=8)
+    out = tmp_path / "run"
+    result = hmdf("train", "--dataset", "cifar10", "--data-dir", tmp_path / "data", "--model", "4,M,G", "--T", "1",
+                  "--epochs", "1", "--batch-size", "8", *flag, "--out", out, "--json")
+    assert_success(result)
+    assert json.loads((out / "config.json").read_text())["train"]["mix"] is mix
 
 
 @pytest.mark.slow

@@ -418,14 +418,14 @@ _STRAIGHT: dict = {}
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, single_thread):
-    """Uninterrupted 2-epoch runs, one per Random Backprop setting, made once per module."""
+    """Uninterrupted 2-epoch runs, one per Random Backprop and Mixup / CutMix setting, made once per module."""
 
-    def get(random_backprop: bool) -> Path:
-        if random_backprop not in _STRAIGHT:
+    def get(random_backprop: bool, mix: bool = False) -> Path:
+        if (random_backprop, mix) not in _STRAIGHT:
             out = tmp_path_factory.mktemp("straight") / "run"
-            start(out, model_config(), train_config(random_backprop=random_backprop))
-            _STRAIGHT[random_backprop] = out
-        return _STRAIGHT[random_backprop]
+            start(out, model_config(), train_config(random_backprop=random_backprop, mix=mix))
+            _STRAIGHT[random_backprop, mix] = out
+        return _STRAIGHT[random_backprop, mix]
 
     return get
 
@@ -439,21 +439,22 @@ def comparable(record: dict) -> dict:
 
 
 @pytest.mark.parametrize(
-    "random_backprop, stops",
+    "random_backprop, mix, stops",
     [
-        (False, ["after epoch 1"]),
-        (False, ["epoch 2 batch 2"]),
-        (False, ["epoch 1 batch 2"]),
-        (False, ["epoch 1 batch 2", "epoch 2 batch 1"]),  # interrupted twice
-        (True, ["epoch 2 batch 2"]),
-        (True, ["epoch 1 batch 0"]),  # before anything was trained
+        (False, False, ["after epoch 1"]),
+        (False, False, ["epoch 2 batch 2"]),
+        (False, False, ["epoch 1 batch 2"]),
+        (False, False, ["epoch 1 batch 2", "epoch 2 batch 1"]),  # interrupted twice
+        (True, False, ["epoch 2 batch 2"]),
+        (True, False, ["epoch 1 batch 0"]),  # before anything was trained
+        (True, True, ["epoch 1 batch 2"]),  # Mixup / CutMix draws, then t*, from the batch's generator
     ],
-    ids=["after-epoch", "mid-epoch-2", "mid-epoch-1", "twice", "rb-mid-epoch", "rb-at-once"],
+    ids=["after-epoch", "mid-epoch-2", "mid-epoch-1", "twice", "rb-mid-epoch", "rb-at-once", "mix-rb-mid-epoch"],
 )
 def test_interrupt_and_resume_is_bit_equal_to_a_straight_run(
-    tmp_path, straight, batches_per_epoch, read_weights, assert_same_weights, random_backprop, stops
+    tmp_path, straight, batches_per_epoch, read_weights, assert_same_weights, random_backprop, mix, stops
 ):
-    ref = straight(random_backprop)
+    ref = straight(random_backprop, mix)
     out = tmp_path / "run"
 
     def position(stop: str) -> tuple[int, int]:  # 0-based (epoch, batch) where training stops
@@ -469,7 +470,7 @@ def test_interrupt_and_resume_is_bit_equal_to_a_straight_run(
         stopper = StopAt(target - done + 1)
         with pytest.raises(TrainingInterrupted) as e:
             if i == 0:
-                start(out, model_config(), train_config(random_backprop=random_backprop), should_stop=stopper)
+                start(out, model_config(), train_config(random_backprop=random_backprop, mix=mix), should_stop=stopper)
             else:
                 resume(out, should_stop=stopper)
         done = target
@@ -567,6 +568,30 @@ def test_trainer_passes_the_mode_to_every_batch(tmp_path, monkeypatch, mode, bat
         assert len(set(stars)) > 1  # drawn per batch, not once
     else:
         assert stars == [None] * len(calls)
+
+
+@pytest.mark.parametrize("mix", [False, True])
+def test_trainer_mixes_batches_only_when_asked(tmp_path, monkeypatch, mix, batches_per_epoch):
+    """With `mix` the loss gets Mixup / CutMix soft targets (rows summing to 1 over the classes)
+    while train_acc still counts the labels; without it, the labels themselves."""
+    seen = []
+    real = trainer.train_batch
+
+    def spy(model, optimizer, x, y, **kw):
+        seen.append(y)
+        return real(model, optimizer, x, y, **kw)
+
+    monkeypatch.setattr(trainer, "train_batch", spy)
+    record = start(tmp_path / "run", model_config(), train_config(epochs=1, mix=mix))
+    assert len(seen) == batches_per_epoch
+    for y in seen:
+        if mix:
+            assert y.dtype == torch.float32 and y.shape == (BATCH, 10)
+            assert torch.allclose(y.sum(1), torch.ones(BATCH)) and bool((y < 1).any())
+        else:
+            assert y.dtype == torch.long and y.shape == (BATCH,)
+    assert 0 < record["train_acc"] <= 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["mix"] is mix
 
 
 # --------------------------------------------------------------------------------------------

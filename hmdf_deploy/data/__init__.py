@@ -6,7 +6,7 @@ recorded by a simulated event camera). From ``--data-dir``: ``cifar10``, ``cifar
 frames per class folder).
 """
 
-from hmdf_deploy.data.augment import augment_batch
+from hmdf_deploy.data.augment import augment_batch, mix_batch
 from hmdf_deploy.data.event_camera import make_neuro_digit_recordings
 from hmdf_deploy.data.registry import DATASETS, DataInfo, Split, load_dataset
 
@@ -15,6 +15,7 @@ __all__ = [
     "DataInfo",
     "Split",
     "augment_batch",
+    "mix_batch",
     "load_dataset",
     "make_neuro_digit_recordings",
 ]

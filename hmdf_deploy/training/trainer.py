@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from hmdf_deploy import __version__
-from hmdf_deploy.data import DataInfo, Split, augment_batch, load_dataset
+from hmdf_deploy.data import DataInfo, Split, augment_batch, load_dataset, mix_batch
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.models import ModelConfig, build_model
 from hmdf_deploy.training import checkpoint as ckpt
@@ -30,6 +30,7 @@ class TrainConfig:
     data_dir: str | None = None
     mode: str = "online"
     random_backprop: bool = False
+    mix: bool = False  # Mixup / CutMix on every batch (SPEC §4.5); runs from before it existed: off
     epochs: int = 20
     batch_size: int = 64  # per process under torchrun
     lr: float = 0.05
@@ -171,8 +172,11 @@ def _fit(
                 x, y = train.x[idx], train.y[idx]
                 if info.augment:
                     x = augment_batch(x, info.augment, gen)
+                target = y  # the loss's; accuracy is counted on the labels
+                if tc.mix:
+                    x, target = mix_batch(x, y, model_config.num_classes, gen)
                 t_star = int(torch.randint(model_config.T, (1,), generator=gen)) if tc.random_backprop else None
-                r = train_batch(model, optimizer, x.to(d.device), y.to(d.device), T=model_config.T,
+                r = train_batch(model, optimizer, x.to(d.device), target.to(d.device), T=model_config.T,
                                 static=static, mode=tc.mode, t_star=t_star)
                 hits = int((r.logits.argmax(1) == y.to(d.device)).sum())
                 pos = replace(pos, batch=b + 1, loss_sum=pos.loss_sum + r.loss, correct=pos.correct + hits,
