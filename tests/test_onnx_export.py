@@ -220,6 +220,25 @@ def test_step_graph_past_T_reuses_the_last_step():
     assert_logits_close(got, torch.stack(want), "past T")
 
 
+
+def test_lif_fires_at_an_exact_tie():
+    """SPEC §1.1: a LIF neuron spikes when m ≥ θ, so a membrane exactly at θ fires (GreaterOrEqual,
+    not Greater) in both graphs. θ = σ(0) + 0.5 = 1, leak 1, the input goes straight to the neuron:
+    channel 0 gets 1 at step 0, channel 1 gets .5 then .5. By hand: s = [1, 0], v = [0, .5] at
+    step 0; m = [.5, 1] → s = [0, 1], v = [.5, 0] at step 1."""
+    nodes = [Neuron("lif", ["input"], "lif", "float", torch.tensor([1.0]), torch.ones(1, 1)), Flatten("flat", ["lif"])]
+    deploy = DeployModel(2, (2, 1, 1), True, 2, nodes, "flat").validate()
+    x = np.array([[1.0, 0.5], [0.5, 0.5]], np.float32).reshape(2, 1, 2, 1, 1)
+    want_s, want_v = [[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.5], [0.5, 0.0]]
+    sess = session(build_onnx(deploy, "step"))
+    state = np.zeros((1, 2, 1, 1), np.float32)
+    for t in range(2):
+        logits, state = sess.run(["logits", "state_out.lif"], {"x": x[t], "t": np.array(t, np.int64), "state_in.lif": state})
+        assert logits.tolist() == [want_s[t]], (t, logits)
+        assert state.reshape(-1).tolist() == want_v[t], (t, state)
+    assert run_sequence(session(build_onnx(deploy, "sequence")), x).reshape(2, 2).tolist() == want_s
+
+
 # ------------------------------------------------------------------------------ state tensors
 @pytest.mark.parametrize("name", ["resnet18-1.5bit-4bit-parallel-membn-seca2", "resnet19-1bit-4bit-membn-seca1",
                                   "vgg-lif-1bit-seca1"])

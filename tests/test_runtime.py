@@ -24,7 +24,7 @@ import hmdf_deploy.runtime.backends as backends_module
 from hmdf_deploy.deploy import DeployModel, Reference, load_hmdf, save_hmdf
 from hmdf_deploy.deploy.graph import Flatten, Linear, Neuron
 from hmdf_deploy.errors import HmdfError
-from hmdf_deploy.events import EventRecording, make_events, write_events
+from hmdf_deploy.events import EVENT_DTYPE, EventRecording, make_events, write_events
 from hmdf_deploy.exporters.onnx import build_onnx, export
 from hmdf_deploy.models import ModelConfig
 from hmdf_deploy.runtime import BACKENDS, POLICIES, Engine, StepResult, available_backends
@@ -372,6 +372,36 @@ def test_hand_model_batches_independently():
         assert got[:2, 1].tolist() == [[0.0, 0.0], [0.0, 0.0]]
 
 
+
+# A LIF neuron at an exact tie (SPEC §1.1: z = 1[m ≥ θ]): θ = σ(0) + 0.5 = 1, leak 1, the input
+# goes straight to the neuron. Channel 0 gets 1 at step 0 (m = θ), channel 1 gets .5 then .5.
+#   t  I           m                 s (= z·θ)    v = m − s
+#   0  [1, .5]     [1, .5]           [1, 0]       [0, .5]
+#   1  [.5, .5]    [0 + .5, .5+.5]   [0, 1]       [.5, 0]
+LIF_TIE_X = [[1.0, 0.5], [0.5, 0.5]]
+LIF_TIE_S = [[1.0, 0.0], [0.0, 1.0]]
+LIF_TIE_V = [[0.0, 0.5], [0.5, 0.0]]
+
+
+def lif_tie_model() -> DeployModel:
+    nodes = [Neuron("lif", ["input"], "lif", "float", torch.tensor([1.0]), torch.ones(1, 1)),
+             Flatten("flat", ["lif"])]
+    return DeployModel(2, (2, 1, 1), True, 2, nodes, "flat", {"dataset": "hand"}).validate()
+
+
+def test_reference_lif_fires_at_an_exact_tie():
+    """`Reference.step` and `Reference.run`: a LIF membrane exactly at θ spikes (m ≥ θ, not m > θ)
+    and subtracts θ, whether it gets there in one step or by charging over two."""
+    deploy = lif_tie_model()
+    x = torch.tensor(LIF_TIE_X).reshape(2, 1, 2, 1, 1)
+    ref, state = Reference(deploy), {}
+    for t in range(2):
+        s, state = ref.step(x[t], state, t)
+        assert s.tolist() == [LIF_TIE_S[t]], (t, s)
+        assert state["lif"].reshape(-1).tolist() == LIF_TIE_V[t], (t, state["lif"])
+    assert Reference(deploy).run(x).reshape(2, 2).tolist() == LIF_TIE_S
+
+
 # ---------------------------------------------------------------------------- make_backend
 def test_available_backends(monkeypatch):
     assert BACKENDS == ("auto", "torch", "onnxruntime", "triton") and POLICIES == ("window", "continuous")
@@ -558,3 +588,22 @@ def test_stream_report(policy, tmp_path):
     lat = np.array(report.latencies_ms)
     assert s["latency_ms"]["p50"] == pytest.approx(float(np.percentile(lat, 50)))
     assert s["latency_ms"]["p50"] <= s["latency_ms"]["p90"] <= s["latency_ms"]["p99"] <= lat.max()
+
+
+def test_stream_counts_blank_steps(tmp_path):
+    """`blank_steps` counts the all-zero frames only: a pre-binned file with frames 1, 2 and 4 of
+    six empty reports 3; a random event stream (700 events in T = 4 time bins) reports 0."""
+    deploy = model("event-float")
+    frames = np.zeros((6, 2, 16, 16), np.float32)
+    frames[0, 0, 3, 4] = 2.0
+    frames[3, 1, 0, 0] = 1.0
+    frames[5, :, 7, 9] = 1.0
+    path = write_events(tmp_path / "mixed.npz",
+                        EventRecording(np.empty(0, dtype=EVENT_DTYPE), (32, 32, 2), 1, frames))
+    report = stream(Engine(deploy, "torch", "continuous"), path)
+    assert (report.steps, report.blank_steps) == (6, 3)
+    assert report.summary()["blank_steps"] == 3
+
+    busy = stream(Engine(deploy, "torch"), _recording(tmp_path / "r.npz", 700, seed=2))
+    assert (busy.steps, busy.blank_steps) == (deploy.T, 0)
+    assert busy.summary()["blank_steps"] == 0
