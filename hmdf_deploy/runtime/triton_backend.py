@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -181,6 +182,15 @@ def _cuda_graph(fn):
     return graph.replay
 
 
+@dataclass
+class _Buffers:
+    """What one batch size's recordings read and write: the input, the logits, the membranes."""
+
+    input: Tensor
+    logits: Tensor
+    membranes: dict[str, Tensor]
+
+
 class StepGraphs:
     """A streaming step replayed from a recording instead of launched node by node.
 
@@ -189,28 +199,30 @@ class StepGraphs:
     tensors and its scalars, so there is one per batch size, step row (min(t, T − 1): every
     per-step table has 1 or T rows) and whether a state is carried in; it reads the input and the
     membranes from buffers of its own and writes the logits and the new membranes back into them.
-    The first step of each kind runs eagerly (compiling the kernels) and is recorded after.
+    The first step of each kind runs eagerly (compiling the kernels) and is recorded after. The
+    state handed back is those buffers: the next step overwrites it (copy it to keep it).
     """
 
     MAX_BATCHES = 4  # batch sizes with recordings kept; an older one's are dropped to bound memory
 
     def __init__(self, backend: TritonBackend, capture) -> None:
         self.backend, self.capture = backend, capture
-        self.buffers: dict[int, dict[str, Tensor]] = {}  # per batch size: "input", "logits", membranes
+        self.buffers: dict[int, _Buffers] = {}
         self.replays: dict[tuple[int, int, bool], object] = {}
 
     def step(self, x: Tensor, t: int, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The logits of step t on the host batch x, and the state after it (the buffers)."""
+        """The logits of step t on the batch x, and the state after it."""
         B, row, carried = len(x), min(t, self.backend.T - 1), bool(state)
         buf = self.buffers.get(B)
         if buf is None:  # this batch size's first step: eager, and its outputs give the buffers' shapes
-            logits, new = self.backend._forward(x.to(self.backend.device), t, 1, state)
-            self._keep(B, {"input": x.to(self.backend.device), "logits": logits, **new})
-            return logits, self._membranes(B)
-        buf["input"].copy_(x)
+            x = x.to(self.backend.device)
+            logits, new = self.backend._forward(x, t, 1, state)
+            self._keep(B, _Buffers(x, logits, new))
+            return logits, dict(new)
+        buf.input.copy_(x)
         for name, v in state.items():
-            if v is not buf[name]:  # a state from elsewhere (another batch's, a caller's)
-                buf[name].copy_(v)
+            if v is not buf.membranes[name]:  # a state from elsewhere (another batch's, a caller's)
+                buf.membranes[name].copy_(v)
         key = (B, row, carried)
         replay = self.replays.get(key)
         if replay is None:
@@ -219,24 +231,19 @@ class StepGraphs:
             self.replays[key] = self.capture(fn)
         else:
             replay()
-        return buf["logits"], self._membranes(B)
+        return buf.logits, dict(buf.membranes)
 
-    def _step_fn(self, buf: dict[str, Tensor], row: int, carried: bool):
-        membranes = {k: v for k, v in buf.items() if k not in ("input", "logits")}
-
+    def _step_fn(self, buf: _Buffers, row: int, carried: bool):
         def fn():
-            logits, new = self.backend._forward(buf["input"], row, 1, membranes if carried else {})
-            buf["logits"].copy_(logits)
+            logits, new = self.backend._forward(buf.input, row, 1, buf.membranes if carried else {})
+            buf.logits.copy_(logits)
             for name, v in new.items():
-                membranes[name].copy_(v)
+                buf.membranes[name].copy_(v)
         return fn
 
-    def _keep(self, B: int, buf: dict[str, Tensor]) -> None:
+    def _keep(self, B: int, buf: _Buffers) -> None:
         if len(self.buffers) >= self.MAX_BATCHES:
             oldest = next(iter(self.buffers))
             del self.buffers[oldest]
             self.replays = {k: r for k, r in self.replays.items() if k[0] != oldest}
         self.buffers[B] = buf
-
-    def _membranes(self, B: int) -> dict[str, Tensor]:
-        return {k: v for k, v in self.buffers[B].items() if k not in ("input", "logits")}
