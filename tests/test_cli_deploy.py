@@ -223,6 +223,18 @@ def test_fp32_run_quantizes_without_weights_option(fp32_run, tmp_path):
     assert report["check"]["codes"] == 0  # float spikes: no codes to compare
 
 
+def test_check_passes_only_within_its_limits():
+    """`Check.passed` at its limits: logits may differ by 1e-4 of the logit scale (at least 1), at
+    most 0.1 % of the 4-bit codes may flip, and a flip is ±1 only (SPEC §1.2: a rounding tie)."""
+    def check(diff: float, scale: float, flips: int = 0, worst: int = 0) -> bool:
+        return quantize_module.Check(16, diff, scale, 1.0, 10_000, flips, worst).passed
+
+    assert check(0.0099, 100.0) and not check(0.0101, 100.0)  # limit 1e-4 · 100 = .01
+    assert check(0.99e-4, 0.5) and not check(1.01e-4, 0.5)  # a scale below 1 counts as 1
+    assert check(0.0, 1.0, flips=10, worst=1) and not check(0.0, 1.0, flips=11, worst=1)  # 10 of 10 000
+    assert not check(0.0, 1.0, flips=1, worst=2)  # one code off by 2 is not a tie
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("run, how", [("ternary", "broken fold"), ("fp32", "broken fold"), ("ternary", "tolerance")])
 def test_a_failed_check_writes_nothing(request, tmp_path, monkeypatch, run, how):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import hmdf_deploy.data.event_camera as event_camera
 from hmdf_deploy.data import DATASETS, DataInfo, load_dataset, make_neuro_digit_recordings
 from hmdf_deploy.data.event_camera import DURATION_US, INPUT_SIZE, SENSOR_SIZE
 from hmdf_deploy.errors import HmdfError
@@ -81,6 +82,48 @@ def test_neuro_digits_deterministic_per_seed(recordings):
     # a sample depends only on (seed, its index), not on which others are simulated with it
     alone = make_neuro_digit_recordings(0, indices=[3])[0]
     np.testing.assert_array_equal(alone.events, recordings[3].events)
+
+
+@pytest.mark.parametrize("step, polarity", [(0.1, 1), (-0.1, 0)], ids=["brightening", "darkening"])
+def test_brightening_makes_on_events_and_darkening_off_events(monkeypatch, step, polarity):
+    """ON is p = 1, OFF is p = 0 (event_camera.py): with the background noise off, a view whose log
+    intensity rises by .1 per sub-step at every pixel gives only p = 1 events, one that falls only
+    p = 0. A change of 6 over the 60 sub-steps crosses at least 6 / .375 − 1 levels at every pixel
+    (thresholds are clipped to ≤ 1.5 · .25, the start is within half a threshold of a level)."""
+    calls = []
+
+    def view_log(scene, offset):
+        calls.append(offset)
+        return np.full((scene.shape[0], 32, 32), step * (len(calls) - 1), np.float32)
+
+    monkeypatch.setattr(event_camera, "_view_log", view_log)
+    monkeypatch.setattr(event_camera, "NOISE_HZ", 0.0)
+    [ev] = event_camera.simulate_events(np.zeros((1, 8, 8), np.float32), [0], seed=0)
+    assert len(calls) == 61  # the start and 3 saccades × 20 sub-steps
+    assert set(np.unique(ev["p"]).tolist()) == {polarity}
+    per_pixel = np.bincount(ev["y"].astype(np.int64) * 32 + ev["x"], minlength=32 * 32)
+    assert per_pixel.min() >= 15
+
+
+def test_crossings_fire_per_level_and_keep_the_reference_on_its_grid():
+    """`_crossings` by hand, threshold .25 from reference 0: a rise to .6 passes .25 and .5, two
+    events at 5/12 and 10/12 of the sub-step, and the reference moves to .5 (not to .6); a further
+    rise to .7 (< .75) gives none; on to .8 gives one at .75, halfway through, reference .75.
+    OFF (sign −1): a fall from 0 to −.6 gives two events and leaves the reference at −.5."""
+    f32 = lambda v: np.array([v], np.float32)  # noqa: E731
+    ref, thr = f32(0.0), f32(0.25)
+    pix, frac = event_camera._crossings(ref, f32(0.0), f32(0.6), thr, 1.0)
+    assert pix.tolist() == [0, 0] and ref.tolist() == [0.5]
+    np.testing.assert_allclose(frac, [0.25 / 0.6, 0.5 / 0.6], rtol=1e-6)
+    pix, _ = event_camera._crossings(ref, f32(0.6), f32(0.7), thr, 1.0)
+    assert pix.size == 0 and ref.tolist() == [0.5]
+    pix, frac = event_camera._crossings(ref, f32(0.7), f32(0.8), thr, 1.0)
+    assert pix.tolist() == [0] and ref.tolist() == [0.75]
+    np.testing.assert_allclose(frac, [0.5], rtol=1e-5)
+    ref = f32(0.0)
+    pix, frac = event_camera._crossings(ref, f32(0.0), f32(-0.6), thr, -1.0)
+    assert pix.tolist() == [0, 0] and ref.tolist() == [-0.5]
+    np.testing.assert_allclose(frac, [0.25 / 0.6, 0.5 / 0.6], rtol=1e-6)
 
 
 def test_neuro_digit_recordings_write_as_events_npz(recordings, tmp_path):

@@ -74,6 +74,15 @@ def test_dvs_accepts_spikingjelly_events_np_folder(tmp_path):
     assert len(train) == 20 and len(test) == 0  # ceil(0.9 · 2) = 2 files train per class
 
 
+def test_dvs_train_share_is_rounded_up(tmp_path):
+    """The first 90 % of each class's files, rounded up, train: 0.9 · 6 = 5.4 → 6 train, 0 test
+    per class (rounding to nearest would give 5 and 1)."""
+    make_dvs(tmp_path, per_class=6, layouts=("tonic",))
+    train, test, _ = load_dataset("dvs-cifar10", T=T, data_dir=tmp_path)
+    assert (len(train), len(test)) == (60, 0)
+    assert torch.equal(torch.bincount(train.y), torch.full((10,), 6))
+
+
 def test_dvs_missing_or_empty_folders(tmp_path):
     with pytest.raises(HmdfError, match="dvs-cifar10 is not bundled; --data-dir"):
         load_dataset("dvs-cifar10", T=T)

@@ -52,6 +52,8 @@ def expected(bins: list[int], n_frames: int) -> np.ndarray:
         ({"n_time_bins": 3, "split": "count"}, [0, 0, 1, 1, 2, 2], 3),
         # 6 // 4 = 1 per frame, the last frame takes the remainder (SpikingJelly)
         ({"n_time_bins": 4, "split": "count"}, [0, 1, 2, 3, 3, 3], 4),
+        # fewer events than frames: spread evenly, event i in frame i·8 // 6 (frames 3 and 7 empty)
+        ({"n_time_bins": 8, "split": "count"}, [0, 1, 2, 4, 5, 6], 8),
         # 30 µs windows from t=0: [0,30) [30,60) [60,90) [90,120); the third is empty
         ({"time_window": 30}, [0, 0, 0, 1, 1, 3], 4),
         # 4 events per frame, the incomplete last frame kept

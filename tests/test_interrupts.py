@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 import nets
 from hmdf_deploy.cli.main import app
 from hmdf_deploy.deploy import load_hmdf, save_hmdf
+from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.models import ModelConfig
 
 runner = CliRunner()
@@ -103,6 +104,16 @@ def test_ctrl_c_outside_training_is_one_line_and_exit_130(model_file, monkeypatc
     debug = hmdf("--debug", "inspect", model_file)
     assert debug.exit_code == 130 and "Traceback" in debug.stderr
     assert debug.stderr.splitlines()[-1] == "error: interrupted"
+
+
+def test_an_error_message_over_several_lines_is_printed_as_one(model_file, monkeypatch):
+    """cli/ui.py `fail`: an HmdfError whose text holds a newline and indentation is printed as one
+    `error:` line with the whitespace collapsed, exit 2."""
+    def broken(*args, **kwargs):
+        raise HmdfError("first\n  second")
+
+    monkeypatch.setattr("hmdf_deploy.cli.deploy.load_hmdf", broken)
+    assert_one_error_line(hmdf("inspect", model_file), 2, "error: first second")
 
 
 # ------------------------------------------------------------------------ SIGKILL (subprocess)

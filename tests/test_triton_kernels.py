@@ -139,6 +139,50 @@ def test_neuron_loop_over_steps_and_resume(model, spikes):
     assert no_state is None
 
 
+# A LIF neuron at an exact tie (SPEC §1.1: z = 1[m ≥ θ]): θ = σ(0) + 0.5 = 1, leak 1. Channel 0 gets
+# 1 at step 0 (m = θ), channel 1 gets .5 then .5 (m = .5 + .5 = θ at step 1). By hand:
+# s = [1, 0], v = [0, .5] at step 0; m = [.5, 1] → s = [0, 1], v = [.5, 0] at step 1.
+LIF_TIE_X = [[1.0, 0.5], [0.5, 0.5]]
+LIF_TIE_S = [[1.0, 0.0], [0.0, 1.0]]
+LIF_TIE_V = [[0.0, 0.5], [0.5, 0.0]]
+
+
+def lif_tie_params() -> NeuronParams:
+    return NeuronParams.from_node(Neuron("n", ["input"], "lif", "float", threshold=torch.tensor([1.0]),
+                                         leak=torch.ones(1, 1)), "cpu")
+
+
+def test_lif_fires_at_an_exact_tie():
+    """`neuron_steps`, one launch per step and both steps in one launch: a membrane exactly at θ
+    spikes θ and resets to 0."""
+    p = lif_tie_params()
+    x = torch.tensor(LIF_TIE_X).reshape(2, 1, 2)
+    v = None
+    for t in range(2):
+        s, v = neuron_steps(x[t:t + 1], p, t, v)
+        assert s.reshape(-1).tolist() == LIF_TIE_S[t] and v.reshape(-1).tolist() == LIF_TIE_V[t], (t, s, v)
+    s, v = neuron_steps(x, p)
+    assert s.reshape(2, 2).tolist() == LIF_TIE_S and v.reshape(-1).tolist() == LIF_TIE_V[1]
+
+
+@pytest.mark.parametrize("inputs", ["codes", "float"])
+def test_fused_lif_fires_at_an_exact_tie(inputs):
+    """`synapse_neuron` on an identity linear layer (ternary weights; codes ×.25 or floats ×1): the
+    fused kernel's LIF also fires at m = θ, over the whole sequence and step by step."""
+    p = lif_tie_params()
+    packed = pack_weight(torch.eye(2, dtype=torch.int8), "1.5bit")
+    x = torch.tensor(LIF_TIE_X)
+    scale = torch.full((1, 2), 1.0)
+    if inputs == "codes":  # codes 4 and 2 → currents 1 and .5
+        x, scale = (x * 4).to(torch.uint8), scale / 4
+    s, v = synapse_neuron(x, packed, scale, torch.zeros(1, 2), p, steps=2)
+    assert s.tolist() == LIF_TIE_S and v.reshape(-1).tolist() == LIF_TIE_V[1]
+    v = None
+    for t in range(2):
+        s, v = synapse_neuron(x[t:t + 1], packed, scale, torch.zeros(1, 2), p, t0=t, v=v)
+        assert s.reshape(-1).tolist() == LIF_TIE_S[t] and v.reshape(-1).tolist() == LIF_TIE_V[t], (t, s, v)
+
+
 def test_spike_codes_round_half_to_even_at_every_boundary():
     """SPEC §1.2 decision: codes are clamp(round(4 s), 0, 15) with torch.round (half to even),
     also one float step either side of each half and far outside [0, 15]."""
