@@ -23,6 +23,7 @@ def quantize(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .hmdf file (default RUN_DIR/model.hmdf)."),
     weights: Optional[str] = typer.Option(None, help="Quantize an fp32 run after training: 1bit or 1.5bit."),
     calib: Optional[int] = typer.Option(None, help="Check on the first N test samples (default: the whole test split)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the run's dataset is (default: where training read it)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Fold BN and Mem-BN, pack the weights to 1 / 1.5 bit, check against the trained network, write .hmdf.
@@ -34,7 +35,7 @@ def quantize(
     if weights is not None and weights not in WEIGHT_MODES[1:]:
         raise HmdfError(f"--weights must be 1bit or 1.5bit, got {weights!r}")
     out = out or run_dir / "model.hmdf"
-    result = quantize_run(run_dir, weights=weights, calib=calib)
+    result = quantize_run(run_dir, weights=weights, calib=calib, data_dir=data_dir)
     check = result.check
     if not check.passed:
         raise HmdfError(

@@ -24,6 +24,7 @@ def export(
     graph: str = typer.Option("step", help="ONNX: step (streaming, state in/out), sequence (T, B, …), or both."),
     path: str = typer.Option("lowbit", help="ONNX weights: lowbit (INT2 / packed signs), integer (ConvInteger on 4-bit codes), float."),
     opset: int = typer.Option(25, help="ONNX opset (INT2 weights need 25)."),
+    data_dir: Optional[Path] = typer.Option(None, help="From a run directory: where its dataset is (for the check)."),
     json_out: bool = typer.Option(False, "--json", help="Print the written files as JSON."),
 ) -> None:
     """Export a model; every ONNX file is checked in onnxruntime against the reference first.
@@ -31,7 +32,7 @@ def export(
     Example: hmdf export runs/digits.hmdf --format onnx -o digits.onnx --graph both
     """
     write = exporters.get(fmt)
-    model, checksum = _load(model_path)
+    model, checksum = _load(model_path, data_dir)
     if out is None:  # beside a file, or inside a run directory
         out = model_path.with_suffix(f".{fmt}") if model_path.is_file() else model_path / f"model.{fmt}"
     if out.resolve() == model_path.resolve():
@@ -44,9 +45,9 @@ def export(
         ui.out.print(f"wrote {f} ({os.path.getsize(f):,} bytes)")
 
 
-def _load(model_path: Path):
+def _load(model_path: Path, data_dir: Path | None):
     if model_path.is_dir():
-        result = quantize_run(model_path)
+        result = quantize_run(model_path, data_dir=data_dir)
         if not result.check.passed:
             raise HmdfError("the folded model disagrees with the trained network; run hmdf quantize for details")
         return result.model, ""

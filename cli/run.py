@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.live import Live
 
+from hmdf_deploy.atomic import make_dir
 from hmdf_deploy.cli import ui
 from hmdf_deploy.deploy import load_hmdf
 from hmdf_deploy.errors import HmdfError
@@ -49,6 +50,9 @@ def run(
 
 
 def _load(path: Path):
+    if path.is_dir():
+        raise HmdfError(f"{path} is a directory; hmdf run takes a .hmdf or .onnx file "
+                        f"(from a training run: hmdf quantize {path} -o model.hmdf)")
     if not path.is_file():
         raise HmdfError(f"{path} not found")
     return path if path.suffix == ".onnx" else load_hmdf(path)
@@ -97,8 +101,10 @@ def make_events(
     out: Path = typer.Option(Path("events"), "--out", "-o", help="Directory to write events.npz files into."),
     count: int = typer.Option(10, help="Number of recordings (neuro-digits test samples)."),
     seed: int = typer.Option(0, help="Simulation seed."),
+    json_out: bool = typer.Option(False, "--json", help="Print the written files as JSON."),
 ) -> None:
-    """Write neuro-digits recordings (simulated event camera) as events.npz files.
+    """Write neuro-digits recordings (simulated event camera) as events.npz files, at most one per
+    test sample (360).
 
     Example: hmdf data make-events --out events --count 20
     """
@@ -110,7 +116,13 @@ def make_events(
         raise HmdfError(f"--count must be at least 1, got {count}")
     _, test = digit_split()
     indices = test[:count]
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "--out")
+    files = []
     for i, rec in zip(indices, make_neuro_digit_recordings(seed, indices)):
-        write_events(out / f"neuro-digit-{int(i):04d}.npz", rec)
-    ui.out.print(f"wrote {len(indices)} recordings to {out}")
+        files.append(out / f"neuro-digit-{int(i):04d}.npz")
+        write_events(files[-1], rec)
+    if json_out:
+        ui.emit_json({"files": [{"path": str(f), "bytes": f.stat().st_size} for f in files]})
+        return
+    short = f" (the test split holds {len(indices)})" if count > len(indices) else ""
+    ui.out.print(f"wrote {len(indices)} recordings to {out}{short}")

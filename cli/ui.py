@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from typing import Any, Callable
 
@@ -45,9 +46,19 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def emit_json(obj: Any) -> None:
-    """One JSON object on stdout (for --json)."""
-    sys.stdout.write(json.dumps(obj) + "\n")
+    """One JSON object on stdout (for --json); NaN and ±Inf become null, so that it stays JSON."""
+    sys.stdout.write(json.dumps(_finite(obj), allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

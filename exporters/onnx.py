@@ -85,6 +85,7 @@ class _Emitter:
         self.m, self.graph, self.path, self.opset = model, graph, path, opset
         self.b = _Builder()
         self.integer: dict[str, bool] = {"input": False}  # does this value hold integer 4-bit codes?
+        self.integer_synapses = 0  # synapses emitted as ConvInteger / MatMulInteger
         self.weights: dict[str, tuple[str, str]] = {}  # synapse → (float weight, int8 weight or "")
         self.shapes = model.shapes()
 
@@ -164,6 +165,7 @@ class _Emitter:
         wf, w8 = self.weight(n)
         rank = 4 if isinstance(n, Conv) else 2
         if self.path == "integer" and w8 and self.integer[n.inputs[0]]:
+            self.integer_synapses += 1
             w8 = self.b.op("Cast", [w8], to=TensorProto.INT8)  # INT2 or ±1 floats → int8, folded at load
             xu8 = self.b.op("Cast", [x], to=TensorProto.UINT8)
             if isinstance(n, Conv):
@@ -313,7 +315,12 @@ def build_onnx(model: DeployModel, graph: str = "step", path: str = "lowbit", op
     if not need <= opset <= MAX_OPSET:
         raise HmdfError(f"opset {opset} is not supported for this model and --path {path}: use {need}.."
                         f"{MAX_OPSET} (INT2 weights need opset {OPSET}; --path float needs {MIN_OPSET})")
-    proto = _Emitter(model, graph, path, opset).build()
+    emitter = _Emitter(model, graph, path, opset)
+    proto = emitter.build()
+    if path == "integer" and not emitter.integer_synapses:
+        raise HmdfError("--path integer: no synapse of this model reads 4-bit codes (with float spikes none does; "
+                        "with 4-bit spikes, one behind an average pool or SECA reads floats), so the graph "
+                        "would be --path lowbit's; export with --path lowbit")
     shapes = state_shapes(model)
     meta = {
         "hmdf.version": __version__, "hmdf.graph": graph, "hmdf.T": str(model.T),

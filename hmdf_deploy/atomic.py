@@ -22,6 +22,19 @@ class WriteError(HmdfError, OSError):
     """A failed write. Still an OSError, so code that catches the OS's error keeps working."""
 
 
+def make_dir(path: str | os.PathLike, option: str) -> Path:
+    """Create the output directory `path` (and its parents) if needed; a file in the way, or any
+    OSError, is one line naming the command-line `option` that gave the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise WriteError(f"{option} {path} is a file; give a directory") from None
+    except OSError as e:
+        raise WriteError(f"cannot create {option} {path}: {e.strerror}") from None
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     path = Path(path)
     parent = path.parent

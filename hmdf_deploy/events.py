@@ -167,7 +167,7 @@ def _check_frames(frames: np.ndarray, where: str) -> np.ndarray:
 
 def _open_npz(path: Path):
     if not path.is_file():
-        raise HmdfError(f"events file not found: {path}.")
+        raise HmdfError(f"{path} is a directory, not an events file." if path.is_dir() else f"events file not found: {path}.")
     with open(path, "rb") as f:
         magic = f.read(4)
     # np.load would also accept .npy and (refused) pickles; insist on the documented container.

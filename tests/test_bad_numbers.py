@@ -3,14 +3,15 @@ shorter than T, batches of size 0. Both backends, and the CLI where a file is in
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-import json
-
 import nets
+from hmdf_deploy.cli import ui
 from hmdf_deploy.cli.main import app
 from hmdf_deploy.deploy import Reference, save_hmdf
 from hmdf_deploy.errors import HmdfError
@@ -129,3 +130,12 @@ def test_batch_size_is_fixed_within_a_window(deploy, backend):
         engine.step(frames(1)[0])
     engine.reset()
     assert engine.step(frames(1)[0]).logits.shape == (1, K)
+
+
+def test_json_output_stays_json_when_a_number_is_not_finite(capsys):
+    """--json output must parse with a strict JSON parser: NaN and ±Inf (a diverged metric, a
+    confidence of NaN logits) are written as null, never as the bare tokens NaN / Infinity."""
+    ui.emit_json({"loss": float("nan"), "acc": [0.5, float("inf"), -float("inf")], "ok": 1, "name": "x"})
+    line = capsys.readouterr().out
+    assert json.loads(line, parse_constant=lambda token: pytest.fail(f"non-JSON token {token}")) == {
+        "loss": None, "acc": [0.5, None, None], "ok": 1, "name": "x"}

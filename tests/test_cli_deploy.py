@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import hmdf_deploy.deploy.quantize as quantize_module
@@ -29,6 +31,7 @@ from hmdf_deploy.models import ModelConfig, build_model
 from hmdf_deploy.neurons import HMDFNeuron, LIFNeuron, ParallelHMDF
 from hmdf_deploy.quant import quantize_weight
 from hmdf_deploy.training import load_trained
+from test_data_cifar import make_cifar10
 
 runner = CliRunner()
 TINY = "8,M,16,M"
@@ -454,3 +457,40 @@ def test_inspect_refuses_a_well_formed_file_with_a_bad_graph(neuro_model, events
     path = tmp_path / "crafted.hmdf"
     write_container(path, tensors, meta)
     assert_user_error(invoke("inspect", path, "--events", events_file[0]), "features.2.conv")
+
+
+@pytest.mark.parametrize("samples", [0, -3])
+def test_inspect_samples_must_be_positive(ternary_file, samples):
+    assert_user_error(invoke("inspect", ternary_file[0], "--samples", samples), f"--samples must be at least 1, got {samples}")
+
+
+def test_inspect_refuses_a_directory_as_events(neuro_model, tmp_path):
+    assert_user_error(invoke("inspect", neuro_model[0], "--events", tmp_path), f"{tmp_path} is a directory")
+
+
+def test_a_diverged_run_is_not_quantized(ternary_run, tmp_path):
+    """A run whose weights hold NaN (training diverged) is refused with the reason, not written
+    after a check that NaN differences slipped through."""
+    run_dir = tmp_path / "diverged"
+    shutil.copytree(ternary_run[0], run_dir)
+    weights = load_file(run_dir / "model.safetensors")
+    weights = {k: (v * float("nan") if v.is_floating_point() else v) for k, v in weights.items()}
+    save_file(weights, run_dir / "model.safetensors")
+    out = tmp_path / "m.hmdf"
+    assert_user_error(invoke("quantize", run_dir, "-o", out), "NaN or Inf logits", "diverged")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_quantize_and_export_find_a_moved_dataset_with_data_dir(tmp_path):
+    """A run remembers where it read its data; when the data has moved, --data-dir points at it."""
+    make_cifar10(tmp_path / "data", n=8)
+    run_dir = tmp_path / "run"
+    assert_ok(invoke("train", "--dataset", "cifar10", "--data-dir", tmp_path / "data", "--model", "4,M,G", "--T", 1,
+                     "--epochs", 1, "--batch-size", 8, "--no-mix", "--out", run_dir, "--json"))
+    (tmp_path / "data").rename(tmp_path / "moved")
+    assert_user_error(invoke("quantize", run_dir, "-o", tmp_path / "a.hmdf"), "cifar10 file not found")
+    assert_ok(invoke("quantize", run_dir, "-o", tmp_path / "a.hmdf", "--data-dir", tmp_path / "moved"))
+    assert load_hmdf(tmp_path / "a.hmdf").source["dataset"] == "cifar10"
+    assert_ok(invoke("export", run_dir, "-o", tmp_path / "a.onnx", "--data-dir", tmp_path / "moved"))
+    assert (tmp_path / "a.onnx").is_file()

@@ -316,7 +316,7 @@ def test_export_from_a_training_run(digits_run, tmp_path):
     assert_success(hmdf("export", run, "--format", "hmdf", "-o", hm))
     assert load_hmdf(hm).source["run_sha256"] == weights
     both = tmp_path / "digits.onnx"
-    assert_success(hmdf("export", hm, "--graph", "both", "--path", "integer", "-o", both))
+    assert_success(hmdf("export", hm, "--graph", "both", "-o", both))
     for graph in ("step", "sequence"):
         path = tmp_path / f"digits.{graph}.onnx"
         assert props(path)["hmdf.graph"] == graph

@@ -171,6 +171,24 @@ def test_make_events_output_streams_through_run(tmp_path, world):
         assert s["prediction"] == prediction(reference_windows(world["deploy"], frames, "window")[0])
 
 
+def test_make_events_json_lists_the_files_written(tmp_path):
+    out = tmp_path / "ev"
+    result = hmdf("data", "make-events", "--out", out, "--count", 2, "--json")
+    assert_success(result)
+    listed = json.loads(result.stdout)["files"]
+    assert sorted(out.glob("*.npz")) == [Path(f["path"]) for f in listed]
+    assert all(Path(f["path"]).stat().st_size == f["bytes"] for f in listed)
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["out-is-a-file", "out-under-a-file"])
+def test_make_events_out_must_be_a_directory(tmp_path, under):
+    (tmp_path / "afile").write_text("not a folder")
+    out = tmp_path / "afile" / "ev" if under else tmp_path / "afile"
+    assert_user_error(hmdf("data", "make-events", "--out", out, "--count", 1),
+                      "Not a directory" if under else "is a file")
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("count", [0, -3])
 def test_make_events_count_must_be_positive(count, tmp_path):
     assert_user_error(hmdf("data", "make-events", "--out", tmp_path / "ev", "--count", count),
@@ -492,6 +510,12 @@ def test_bad_file_in_a_directory_prints_nothing_else(world, tmp_path):
 # ------------------------------------------------------------------------ bad options and models
 def test_missing_model_file(world, tmp_path):
     assert_user_error(hmdf("run", tmp_path / "nope.hmdf", "--stream", world["files"][0]), "nope.hmdf", "not found")
+
+
+def test_a_directory_as_the_model_names_what_run_takes(world, tmp_path):
+    """A training run directory is not a model: the error says to quantize it first."""
+    assert_user_error(hmdf("run", tmp_path, "--stream", world["files"][0]), "is a directory",
+                      "a .hmdf or .onnx file", f"hmdf quantize {tmp_path}")
 
 
 def test_corrupt_model_file(world, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 
@@ -199,11 +200,13 @@ ERRORS = [
      r"--random-backprop .*stbp", False),
     ("unknown-mode", lambda tmp, run: digits("--mode", "bptt", "--out", tmp / "r"), r"unknown mode 'bptt'", False),
     ("unknown-weights", lambda tmp, run: digits("--weights", "2bit", "--out", tmp / "r"), r"unknown weights '2bit'", False),
-    ("negative-lr", lambda tmp, run: digits("--lr", "-1", "--out", tmp / "r"), r"--lr must be positive", False),
+    ("negative-lr", lambda tmp, run: digits("--lr", "-1", "--out", tmp / "r"), r"--lr must be a positive number", False),
+    ("nan-lr", lambda tmp, run: digits("--lr", "nan", "--out", tmp / "r"), r"--lr must be a positive number, got nan", False),
+    ("inf-lr", lambda tmp, run: digits("--lr", "inf", "--out", tmp / "r"), r"--lr must be a positive number, got inf", False),
     # 0 is not "unset": it must be refused, not replaced by the dataset's default
     ("epochs-zero", lambda tmp, run: digits("--epochs", "0", "--out", tmp / "r"), r"--epochs", False),
     ("batch-size-zero", lambda tmp, run: digits("--batch-size", "0", "--out", tmp / "r"), r"--batch-size", False),
-    ("lr-zero", lambda tmp, run: digits("--lr", "0", "--out", tmp / "r"), r"--lr must be positive", False),
+    ("lr-zero", lambda tmp, run: digits("--lr", "0", "--out", tmp / "r"), r"--lr must be a positive number", False),
     ("resume-missing", lambda tmp, run: ["--resume", tmp / "nope"], r"config.json not found", True),
     ("resume-with-out", lambda tmp, run: ["--resume", run, "--out", tmp / "r"], r"--resume .* takes no --out", False),
     ("cifar10-no-data-dir", lambda tmp, run: ["--dataset", "cifar10", *TINY, "--out", tmp / "r"], r"--data-dir", True),
@@ -211,6 +214,9 @@ ERRORS = [
      r"cifar10 file not found", True),
     ("too-many-pools", lambda tmp, run: digits("--model", "8,M,M,M,M", "--out", tmp / "r"), r"too many M", True),
     ("out-is-a-run", lambda tmp, run: digits("--out", run), r"already holds a training run; continue it with --resume", True),
+    ("out-is-a-file", lambda tmp, run: digits("--out", run / "config.json"), r"--out .*config.json is a file", True),
+    ("out-under-a-file", lambda tmp, run: digits("--out", run / "config.json" / "r"),
+     r"cannot create --out .*config.json/r: Not a directory", True),
 ]
 
 
@@ -278,3 +284,17 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     plain = hmdf(*args)
     assert plain.exit_code == 2 and "Traceback" not in plain.output
     assert plain.stderr.splitlines() == ["error: T must be at least 1, got 0"]
+
+
+def test_a_diverging_run_stops_with_one_line_and_saves_nothing_after(tmp_path):
+    """A learning rate that blows the loss up to NaN stops training at that batch (exit 2, the
+    epoch and batch named, a lower --lr suggested) instead of writing NaN weights and metrics."""
+    out = tmp_path / "r"
+    result = hmdf("train", *digits("--lr", "1e6", "--out", out))
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and re.search(r"training diverged at epoch 1, batch \d+: the loss is (nan|inf)", lines[0])
+    assert "lower --lr" in lines[0]
+    assert not (out / "model.safetensors").exists() and not (out / "train_state.pt").exists()
+    assert (out / "metrics.jsonl").read_text() == ""
+

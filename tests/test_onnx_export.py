@@ -161,6 +161,10 @@ def test_cases_are_not_trivial(name):
 @pytest.mark.parametrize("name", list(CASES))
 def test_onnxruntime_equals_reference(name, graph, path):
     deploy, x, want, _ = case(name)
+    if path == "integer" and not CASES[name][2]:  # nothing to run in integers: refused, not mislabelled
+        with pytest.raises(HmdfError, match="no synapse of this model reads 4-bit codes.*--path lowbit"):
+            build_onnx(deploy, graph, path)
+        return
     proto = build_onnx(deploy, graph, path)
     onnx.checker.check_model(proto, full_check=True)
     sess = session(proto)

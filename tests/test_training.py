@@ -732,8 +732,9 @@ def test_run_files_get_ordinary_permissions(straight):
         (dict(mode="stbp", random_backprop=True), "--random-backprop .* --mode stbp"),
         (dict(epochs=0), "--epochs"),
         (dict(batch_size=0), "--batch-size"),
-        (dict(lr=0.0), "--lr must be positive"),
-        (dict(lr=-0.1), "--lr must be positive"),
+        (dict(lr=0.0), "--lr must be a positive number"),
+        (dict(lr=-0.1), "--lr must be a positive number"),
+        (dict(lr=float("nan")), "--lr must be a positive number, got nan"),
     ],
 )
 def test_train_config_errors(kw, message):

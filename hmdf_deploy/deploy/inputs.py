@@ -21,10 +21,13 @@ def sequence_input(x: Tensor, T: int, static: bool) -> Tensor:
 
 
 def sample_sequence(model: DeployModel, *, events: Path | None = None, samples: int = 32) -> Tensor:
-    """Inputs to measure a model on: `events` if given, else the built-in test split it was trained on."""
+    """Inputs to measure a model on: `events` if given, else the first `samples` of the built-in test
+    split it was trained on (all of it if it holds fewer)."""
     if events is not None:
         frames, _, _ = recording_frames(events, model.input_shape, model.T)
         return torch.from_numpy(frames[: model.T]).unsqueeze(1)
+    if samples < 1:
+        raise HmdfError(f"--samples must be at least 1, got {samples}")
     dataset = model.source.get("dataset")
     if dataset not in BUILT_IN:
         raise HmdfError(f"this model was trained on {dataset or 'unknown data'}; pass --events FILE to measure it")

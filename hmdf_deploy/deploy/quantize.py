@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -84,8 +85,12 @@ def check_equivalence(net: SpikingNet, deploy: DeployModel, x: Tensor, batch_siz
             for h in hooks:
                 h.remove()
         record: dict[str, Tensor] = {}
+        if not torch.isfinite(want).all():
+            raise HmdfError("the trained network gives NaN or Inf logits on the test data: its training "
+                            "diverged (see train_loss in metrics.jsonl); there is nothing to quantize")
         got = ref.run(sequence_input(xb, deploy.T, static), record=record)
-        diff = max(diff, float((got - want).abs().max()))
+        step_diff = float((got - want).abs().max())
+        diff = max(diff, step_diff if math.isfinite(step_diff) else math.inf)  # max() would drop a NaN
         scale = max(scale, float(want.abs().max()))
         agree += float((got.sum(0).argmax(-1) == want.sum(0).argmax(-1)).sum())
         for name, steps in trained_codes.items():
@@ -100,13 +105,15 @@ def _recorder(name: str, store: dict):
     return hook
 
 
-def quantize_run(run_dir: Path, *, weights: str | None = None, calib: int | None = None) -> QuantizeResult:
-    """Fold the run in `run_dir` and check it; `weights` quantizes an fp32 run after training."""
+def quantize_run(run_dir: Path, *, weights: str | None = None, calib: int | None = None,
+                 data_dir: Path | None = None) -> QuantizeResult:
+    """Fold the run in `run_dir` and check it on its dataset's test split; `weights` quantizes an
+    fp32 run after training; `data_dir` is where that dataset is now (default: where training read it)."""
     run_dir = Path(run_dir)
     model_config, train_config = load_run_config(run_dir)
     net = load_trained(run_dir)
-    _, test, info = load_dataset(train_config.dataset, T=model_config.T, seed=train_config.seed,
-                                 data_dir=Path(train_config.data_dir) if train_config.data_dir else None)
+    data_dir = data_dir or (Path(train_config.data_dir) if train_config.data_dir else None)
+    _, test, info = load_dataset(train_config.dataset, T=model_config.T, seed=train_config.seed, data_dir=data_dir)
     if calib is not None:
         if calib < 1:
             raise HmdfError(f"--calib must be at least 1, got {calib}")

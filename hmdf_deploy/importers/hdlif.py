@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from hmdf_deploy import __version__
+from hmdf_deploy.atomic import make_dir
 from hmdf_deploy.data import DataInfo
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.models import ModelConfig, build_model
@@ -746,8 +747,8 @@ def import_hdlif(
     checkpoint, out = Path(checkpoint), Path(out)
     if (out / ckpt.CONFIG).exists():
         raise HmdfError(f"{out} already holds a run; choose another -o")
-    if out.exists() and not out.is_dir():
-        raise HmdfError(f"-o {out} is a file; give a directory to create")
+    if out.exists() and not out.is_dir():  # checked before the slow conversion; make_dir below says the same
+        raise HmdfError(f"-o {out} is a file; give a directory")
     loaded = load_checkpoint(checkpoint)
     inferred, model, converted = convert_checkpoint(
         loaded.state_dict, mode=mode, seca=seca, arch=arch, dataset=dataset,
@@ -762,7 +763,7 @@ def import_hdlif(
     result = ImportResult(out, checkpoint, config, ds, inferred.sources, converted.reference_keys,
                           converted.reference_params, sum(p.numel() for p in model.parameters()),
                           loaded.epoch, loaded.max_acc1, warnings_)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "-o")
     ckpt.save_weights(out / ckpt.WEIGHTS, model.state_dict())
     ckpt.write_json(out / ckpt.CONFIG, {
         "hmdf_version": __version__, "model": config.to_dict(), "train": asdict(train), "data": asdict(info),

@@ -8,6 +8,7 @@ bit-equal to an uninterrupted one, even when it stopped in the middle of an epoc
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Callable
 import torch
 
 from hmdf_deploy import __version__
+from hmdf_deploy.atomic import make_dir
 from hmdf_deploy.data import DataInfo, Split, augment_batch, load_dataset, mix_batch
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.models import ModelConfig, build_model
@@ -45,8 +47,8 @@ class TrainConfig:
             raise HmdfError("--random-backprop is an online method; it cannot be combined with --mode stbp")
         if self.epochs < 1 or self.batch_size < 1:
             raise HmdfError("--epochs and --batch-size must be at least 1")
-        if self.lr <= 0:
-            raise HmdfError(f"--lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise HmdfError(f"--lr must be a positive number, got {self.lr}")
         return self
 
 
@@ -86,7 +88,7 @@ def start(out: Path, model_config: ModelConfig, train_config: TrainConfig, **kw)
         model_config, in_channels=info.in_channels, input_size=tuple(info.input_size),
         num_classes=info.num_classes, quantize_stem=model_config.quantize_stem or info.event,
     ).validate()
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "--out")
     config = {"hmdf_version": __version__, "model": model_config.to_dict(),
               "train": asdict(train_config), "data": asdict(info)}
     if init_distributed().main:
@@ -178,6 +180,9 @@ def _fit(
                 t_star = int(torch.randint(model_config.T, (1,), generator=gen)) if tc.random_backprop else None
                 r = train_batch(model, optimizer, x.to(d.device), target.to(d.device), T=model_config.T,
                                 static=static, mode=tc.mode, t_star=t_star)
+                if not math.isfinite(r.loss):  # nothing saved: the last checkpoint is the last finite state
+                    raise HmdfError(f"training diverged at epoch {pos.epoch + 1}, batch {b}: the loss is {r.loss}; "
+                                    f"start a new run with a lower --lr (this one was {tc.lr:g})")
                 hits = int((r.logits.argmax(1) == y.to(d.device)).sum())
                 pos = replace(pos, batch=b + 1, loss_sum=pos.loss_sum + r.loss, correct=pos.correct + hits,
                               seen=pos.seen + len(y))
