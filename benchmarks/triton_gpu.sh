@@ -18,9 +18,11 @@ if [ -z "${SKIP_TILES:-}" ]; then
   timeout 240 python3 benchmarks/triton_tiles.py --json "$OUT/tiles.json" 2>&1 | tee "$OUT/tiles.md"
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then
-  echo "== tests on the GPU (compiled kernels)"
-  timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_backend.py > "$OUT/tests.log" 2>&1
-  grep -E "Error:|^E  .*(Error|assert)|passed|failed" "$OUT/tests.log" | tail -12
+  echo "== tests on the GPU (compiled kernels): CUDA-graph steps first, then every model kind"
+  GRAPHS="cuda_graph or replayed or reads_the_state"
+  timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_backend.py -k "$GRAPHS" > "$OUT/tests-graphs.log" 2>&1
+  timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_backend.py -k "not ($GRAPHS)" > "$OUT/tests.log" 2>&1
+  grep -E "Error:|^E  .*(Error|assert)|passed|failed" "$OUT/tests-graphs.log" "$OUT/tests.log" | tail -12
 fi
 echo "== kernels and network"
 timeout $(( ${BUDGET:-150} * 2 + 60 )) python3 benchmarks/triton_kernels.py --out "$OUT" --budget "${BUDGET:-150}" \

@@ -29,6 +29,7 @@ from hmdf_deploy.deploy import DeployModel, Reference, fold
 from hmdf_deploy.deploy.fold import merge_input_affines
 from hmdf_deploy.deploy.graph import SECA, Add, Conv, Flatten, Linear, Neuron, Pool
 from hmdf_deploy.deploy.inputs import sequence_input
+from hmdf_deploy.deploy.quantize import check_equivalence
 from hmdf_deploy.deploy.scan import min_affine_loop, min_affine_scan
 from hmdf_deploy.models import ModelConfig, build_model
 from hmdf_deploy.neurons import HMDFNeuron, LIFNeuron, MembraneNorm, ParallelHMDF
@@ -278,6 +279,25 @@ def test_deploy_matches_trained_network(cfg, event, batch):
         assert all(set(n.weight.unique().tolist()) <= {-1, 0, 1} for n in quantized)
     if cfg.spikes == "4bit":
         assert deploy.spikes == "4bit"
+
+
+@pytest.mark.parametrize("cfg, event, batch", CASES)
+def test_the_fold_kept_in_float64_is_exact(cfg, event, batch):
+    """What `hmdf quantize` checks: the fold before float32 rounds it agrees with the trained
+    network (both in float64) to float64 rounding, every 4-bit code included. Rounded to float32
+    first, parameters (α among them) differ by ~1e-7 relative, enough to move a code at a tie; and
+    the stored float32 model is that fold rounded once."""
+    cfg.validate()
+    net, x = make_case(cfg, event=event, batch=batch, seed=0)
+    exact = fold(net, cfg, event=event, dtype=torch.float64)
+    check = check_equivalence(net, exact, x)
+    assert check.max_abs_diff <= 1e-9 * max(1.0, check.logit_scale), check
+    assert check.code_flips == 0 and check.prediction_agreement == 1.0
+    stored = fold(net, cfg, event=event)
+    for a, b in zip(exact.nodes, stored.nodes):
+        for key, t in a.tensors().items():
+            want = t.to(torch.float32) if t.is_floating_point() else t
+            assert torch.equal(b.tensors()[key], want), (a.name, key)
 
 
 @pytest.mark.parametrize("T", [1, 2, 5])

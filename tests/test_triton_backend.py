@@ -159,9 +159,10 @@ def test_replayed_steps_equal_launched_steps(monkeypatch, policy):
     batch sizes than are kept."""
     deploy = _kind("vgg-G-1bit-4bit-seca2-membn")  # membranes, Mem-BN tables per step, SECA-II
     live = Engine(deploy, "triton", policy)
+    live.backend.graphs = None  # kernels launched step by step (on a GPU too)
     recorded = _replaying(monkeypatch)
     replayed = Engine(deploy, "triton", policy)
-    assert live.backend.graphs is None and replayed.backend.graphs is not None
+    assert replayed.backend.graphs is not None
     g = torch.Generator().manual_seed(3)
     T = deploy.T
     for batch, steps in [(2, 2 * T + 1), (3, T), (1, T), (4, 1), (5, 1), (2, T)]:
@@ -184,10 +185,8 @@ def test_a_replayed_step_reads_the_state_it_is_given(monkeypatch):
     a step with no state does not replay the recording of that step with one."""
     deploy = _kind("vgg-G-1bit-4bit-seca2-membn")
     _replaying(monkeypatch)
-    backend = TritonBackend(deploy)
-    monkeypatch.undo()
-    live = TritonBackend(deploy)
-    assert backend.graphs is not None and live.graphs is None
+    backend, live = TritonBackend(deploy), TritonBackend(deploy)
+    live.graphs = None
     x = torch.rand(3, 2, *deploy.input_shape, generator=torch.Generator().manual_seed(4)).numpy()
     for t in range(3):  # buffers, then a recording, then a replay
         backend.step(x[t], t)
@@ -197,3 +196,19 @@ def test_a_replayed_step_reads_the_state_it_is_given(monkeypatch):
     np.testing.assert_array_equal(backend.step(x[0], 1), live.step(x[0], 1))
     backend.reset(), live.reset()  # the same step row as recorded above, but from no state
     np.testing.assert_array_equal(backend.step(x[1], 1), live.step(x[1], 1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_steps_equal_launched_steps():
+    """On a GPU, steps replayed from CUDA graphs give exactly the logits of the same kernels launched
+    one by one, over two windows and past T."""
+    deploy = _kind("vgg-G-1bit-4bit-seca2-membn")
+    graphs, live = Engine(deploy, "triton", "continuous"), Engine(deploy, "triton", "continuous")
+    live.backend.graphs = None
+    assert graphs.backend.graphs is not None
+    g = torch.Generator().manual_seed(5)
+    for t in range(2 * deploy.T + 1):
+        x = torch.rand(2, *deploy.input_shape, generator=g).numpy()
+        np.testing.assert_array_equal(graphs.step(x).logits, live.step(x).logits, err_msg=f"step {t}")
+    assert len(graphs.backend.graphs.replays) == deploy.T - 1  # t = 0 eager, then one per step row
+

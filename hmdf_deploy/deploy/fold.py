@@ -6,10 +6,13 @@ sigmoids, and Mem-BN folded exactly (SPEC §3.1): k_t = σ(p_t)·g_t + σ(q_t), 
 λ̂_t = k_t·λ_t, input k_t·I_t + c_t, threshold unchanged. The input affine (k, c) then merges
 into the synapse before the neuron wherever that synapse feeds nothing else (`merge_input_affines`).
 
-Folding is done in float64 and stored in float32.
+Folding is done in float64 (α included) and stored in float32, or kept in float64 (`dtype`) so
+that `hmdf quantize` can check the fold itself exactly before it is rounded for storage.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import Tensor, nn
@@ -49,19 +52,18 @@ class _Builder:
         """acc = W_int ⊛ x; scale = α·g·s_in, shift = h (+ g·bias)."""
         w = layer.weight.detach()
         if layer.weights == "fp32":
-            weight, alpha = w.float().clone(), torch.ones(w.shape[0], dtype=F64)
-        else:
-            codes, alpha = weight_codes(w, layer.weights)
+            weight, alpha = w.to(F64).clone(), torch.ones(w.shape[0], dtype=F64)
+        else:  # α in float64, as the check computes the trained network (quantize.check_equivalence)
+            codes, alpha = weight_codes(w.to(F64), layer.weights)
             weight, alpha = codes.to(torch.int8), alpha.detach().to(F64)
         bias = layer.bias.detach().to(F64) if layer.bias is not None else torch.zeros(w.shape[0], dtype=F64)
         g, h = bn_affine(bn) if bn is not None else (torch.ones_like(bias), torch.zeros_like(bias))
         scale = (alpha * g * self.scale[src]).unsqueeze(0)
         shift = (g * bias + h).unsqueeze(0)
         if isinstance(layer, QConv2d):
-            node = Conv(name, [src], layer.weights, weight, scale.float(), shift.float(),
-                        stride=layer.stride[0], padding=layer.padding[0])
+            node = Conv(name, [src], layer.weights, weight, scale, shift, stride=layer.stride[0], padding=layer.padding[0])
         else:
-            node = Linear(name, [src], layer.weights, weight, scale.float(), shift.float())
+            node = Linear(name, [src], layer.weights, weight, scale, shift)
         return self.add(node, 1.0)
 
     def neuron(self, name: str, module: nn.Module, src: str, T: int) -> str:
@@ -70,8 +72,8 @@ class _Builder:
 
     def seca(self, name: str, module: SECAModule, src: str, residual: str | None) -> str:
         node = SECA(name, [src] if residual is None else [src, residual],
-                    module.conv.weight.detach().float().reshape(-1).clone(),
-                    module.conv.bias.detach().float().clone(),
+                    module.conv.weight.detach().to(F64).reshape(-1).clone(),
+                    module.conv.bias.detach().to(F64).clone(),
                     residual_scale=1.0 if residual is None else self.scale[residual])
         return self.add(node, 1.0)
 
@@ -80,28 +82,30 @@ def fold_neuron(name: str, module: nn.Module, src: str, T: int) -> Neuron:
     """One trained neuron as a deploy Neuron, Mem-BN folded into (λ̂, k, c) (SPEC §3.1)."""
     if isinstance(module, ParallelHMDF):
         theta = torch.sigmoid(module.b.detach().to(F64))
-        return Neuron(name, [src], "parallel", module.spikes, theta.float())
+        return Neuron(name, [src], "parallel", module.spikes, theta)
     if isinstance(module, LIFNeuron):
         leak = torch.sigmoid(module.a.detach().to(F64)).unsqueeze(1)
         theta = torch.sigmoid(module.b.detach().to(F64)) + 0.5
-        return Neuron(name, [src], "lif", "float", theta.float(), leak.float())
+        return Neuron(name, [src], "lif", "float", theta, leak)
     if not isinstance(module, HMDFNeuron):
         raise TypeError(f"cannot fold neuron {name!r} of type {type(module).__name__}")
     leak = torch.sigmoid(module.a.detach().to(F64)).unsqueeze(1)  # (T, 1)
     theta = torch.sigmoid(module.b.detach().to(F64))
-    node = Neuron(name, [src], "hmdf", module.spikes, theta.float(), leak.float())
+    node = Neuron(name, [src], "hmdf", module.spikes, theta, leak)
     if module.norm is not None:
         p = torch.sigmoid(module.norm.p.detach().to(F64))
         q = torch.sigmoid(module.norm.q.detach().to(F64))
         gh = [bn_affine(bn) for bn in module.norm.bn]
         k = torch.stack([p[t] * g + q[t] for t, (g, _) in enumerate(gh)])  # (T, C)
         c = torch.stack([p[t] * h for t, (_, h) in enumerate(gh)])
-        node.leak, node.in_scale, node.in_shift = (k * leak).float(), k.float(), c.float()
+        node.leak, node.in_scale, node.in_shift = k * leak, k, c
     return node
 
 
-def fold(model: SpikingNet, config: ModelConfig, *, event: bool, source: dict | None = None) -> DeployModel:
-    """The deployment form of a trained network (BN folded with its running statistics).
+def fold(model: SpikingNet, config: ModelConfig, *, event: bool, source: dict | None = None,
+         dtype: torch.dtype = torch.float32) -> DeployModel:
+    """The deployment form of a trained network (BN folded with its running statistics), its
+    parameters computed in float64 and rounded once to `dtype`.
 
     `event`: the input is one frame per step (else a static image repeated at every step).
     """
@@ -115,7 +119,17 @@ def fold(model: SpikingNet, config: ModelConfig, *, event: bool, source: dict | 
             raise TypeError(f"cannot fold a {type(model).__name__}")
     deploy = DeployModel(config.T, (config.in_channels, *config.input_size), event, config.num_classes, b.nodes, out, source or {"model": config.to_dict()})
     merge_input_affines(deploy)
-    return deploy.validate()
+    return with_dtype(deploy, dtype).validate()
+
+
+def with_dtype(model: DeployModel, dtype: torch.dtype) -> DeployModel:
+    """A copy of `model` with its floating-point tensors in `dtype` (integer weight codes as they are)."""
+    model = copy.deepcopy(model)
+    for n in model.nodes:
+        for key, t in n.tensors().items():
+            if t.is_floating_point():
+                setattr(n, key, t.to(dtype))
+    return model
 
 
 def _fold_vgg(b: _Builder, model: VGG, T: int) -> str:
@@ -178,7 +192,7 @@ def merge_input_affines(model: DeployModel) -> None:
         syn = by_name.get(n.inputs[0])
         if n.in_scale is None or not isinstance(syn, Synapse) or readers[syn.name] != 1:
             continue
-        k, c = n.in_scale.to(F64), n.in_shift.to(F64)
-        syn.scale = (k * syn.scale.to(F64)).float()
-        syn.shift = (k * syn.shift.to(F64) + c).float()
+        k, c, dtype = n.in_scale.to(F64), n.in_shift.to(F64), syn.scale.dtype
+        syn.scale = (k * syn.scale.to(F64)).to(dtype)
+        syn.shift = (k * syn.shift.to(F64) + c).to(dtype)
         n.in_scale = n.in_shift = None

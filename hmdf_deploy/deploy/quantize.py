@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from hmdf_deploy.data import load_dataset
-from hmdf_deploy.deploy.fold import fold
+from hmdf_deploy.deploy.fold import fold, with_dtype
 from hmdf_deploy.deploy.graph import DeployModel
 from hmdf_deploy.deploy.inputs import sequence_input
 from hmdf_deploy.deploy.reference import Reference
@@ -67,7 +67,10 @@ def check_equivalence(net: SpikingNet, deploy: DeployModel, x: Tensor, batch_siz
 
     Both run in float64: the check is about the fold, and in float32 the rounding of two different
     (equally valid) summation orders already flips 4-bit codes at ties in large networks, and the
-    flips cascade. The stored model is float32; every runtime is checked against it separately.
+    flips cascade. Give it the fold kept in float64 (`fold(..., dtype=torch.float64)`): rounded to
+    float32 first, its parameters too can move a code that sits at a tie, and one such flip has
+    moved a deep network's logits by 0.4. The stored model is float32; every runtime is checked
+    against it separately.
     """
     net = copy.deepcopy(net).double().eval()
     x = x.double()
@@ -130,8 +133,9 @@ def quantize_run(run_dir: Path, *, weights: str | None = None, calib: int | None
         after = evaluate(net, test.x, test.y, static=not info.event)[-1]
     source = {"model": model_config.to_dict(), "dataset": train_config.dataset,
               "run_sha256": _sha256(run_dir / ckpt.WEIGHTS)}
-    deploy = fold(net, model_config, event=info.event, source=source)
-    return QuantizeResult(deploy, check_equivalence(net, deploy, test.x), before, after)
+    exact = fold(net, model_config, event=info.event, source=source, dtype=torch.float64)
+    check = check_equivalence(net, exact, test.x)  # the fold itself, before float32 rounds it for storage
+    return QuantizeResult(with_dtype(exact, torch.float32).validate(), check, before, after)
 
 
 def _sha256(path: Path) -> str:

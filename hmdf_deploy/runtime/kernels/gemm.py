@@ -16,10 +16,10 @@ decoded in registers with shifts and masks. With 16 or more input channels a K s
 one tap (dy, dx): the input rows' offsets and padding masks are worked out once per step and the
 channels are a plain stride. Fewer channels (a network's first layer) run over the taps' padded
 codes as one flat K instead, so that a K step is not mostly masked. Each step's loads are issued
-one step ahead. When the input is uint8 4-bit
-codes and the weights are codes, the products go through an int8 dot with an int32 accumulator:
-exact, whatever the order (SPEC §6 "additions only"). Otherwise the dot runs in float32 ("ieee",
-no TF32) so results match the torch reference to float rounding.
+one step ahead. When the input is uint8 4-bit codes and the weights are codes, the products go
+through an int8 dot with an int32 accumulator: exact, whatever the order (SPEC §6 "additions
+only"). Otherwise the dot runs in float32 ("ieee", no TF32) so results match the torch reference
+to float rounding.
 The epilogue applies the per-(t, channel) affine: rows n of step t = t0 + n // rows_per_step.
 """
 
