@@ -32,6 +32,8 @@ DEV = "cuda"
 TILES = [Tiles(*t) for t in [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps)
     (128, 64, 64, 8), (64, 128, 64, 8), (128, 128, 64, 8), (128, 128, 32, 8), (64, 64, 64, 4), (64, 32, 128, 4),
     (32, 32, 128, 4), (32, 32, 64, 4), (16, 32, 128, 4), (16, 16, 128, 4), (16, 16, 256, 4), (16, 32, 256, 4),
+    # more weight bytes per K step for one-row layers, now that those bytes load as words (session 4)
+    (16, 64, 128, 4), (16, 64, 256, 4), (16, 128, 128, 8),
 ]]
 
 
