@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from hmdf_deploy import __version__
@@ -45,4 +47,23 @@ app.add_typer(data, name="data")
 
 
 def main() -> None:
-    app()
+    """The `hmdf` entry point. Click's usage errors (a missing option, a value of the wrong type)
+    are user errors too, so they print one `error:` line like the commands' own (DESIGN.md "CLI
+    conventions") instead of click's usage box."""
+    try:
+        code = app(standalone_mode=False, prog_name="hmdf")
+    except _USAGE_ERROR as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `hmdf` or `hmdf run` alone: the help, as asked for
+            ui.out.print(e.ctx.get_help())
+            sys.exit(0)
+        hint = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        ui.fail_line(f"{e.format_message()}{hint}")
+        code = 2
+    except typer.Abort:  # Ctrl-C while the command line was being read
+        ui.fail_line("interrupted")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+#: Click's UsageError, whichever click typer runs on (its own copy since typer 0.26, click before).
+_USAGE_ERROR = typer.BadParameter.__mro__[1]

@@ -41,8 +41,13 @@ def fail(message: str, code: int = 2) -> None:
     """Print `error: message` as one line on stderr and exit with `code`."""
     if settings["debug"] and sys.exc_info()[0] is not None:
         err.print_exception()
-    err.print(f"error: {' '.join(message.split())}", markup=False, highlight=False)
+    fail_line(message)
     raise typer.Exit(code)
+
+
+def fail_line(message: str) -> None:
+    """`error: message` on stderr, its whitespace (newlines included) collapsed to one line."""
+    err.print(f"error: {' '.join(message.split())}", markup=False, highlight=False)
 
 
 def emit_json(obj: Any) -> None:

@@ -3,6 +3,8 @@
 - A write that fails with an OSError (disk full, no permission, read-only) is one `error:` line
   naming the file, exit 2; the previous file stays and no temporary is left (hmdf_deploy/atomic.py).
 - Ctrl-C outside training is `error: interrupted`, exit 130, no traceback.
+- Through the `hmdf` entry point, click's usage errors (a missing option, a bad value, an unknown
+  command) are one `error:` line too, exit 2; `hmdf` alone prints the help, exit 0.
 - SIGKILL at any moment of `hmdf quantize` / `hmdf export` leaves under the target name either the
   previous file or the complete new one; a SIGKILLed `hmdf train` finishes with `--resume`
   bit-equal to a run that was never interrupted.
@@ -114,6 +116,24 @@ def test_an_error_message_over_several_lines_is_printed_as_one(model_file, monke
 
     monkeypatch.setattr("hmdf_deploy.cli.deploy.load_hmdf", broken)
     assert_one_error_line(hmdf("inspect", model_file), 2, "error: first second")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["run", "m.hmdf"], "error: Missing option '--stream' / '-s'. (see hmdf run --help)"),
+    (["inspect", "m.hmdf", "--samples", "abc"], "error: Invalid value for '--samples'"),
+    (["bogus"], "error: No such command 'bogus'. (see hmdf --help)"),
+])
+def test_usage_errors_are_one_line_through_the_entry_point(args, line):
+    done = subprocess.run([sys.executable, "-m", "hmdf_deploy.cli", *args], capture_output=True, text=True,
+                          timeout=120, env=env())
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith(line), done.stderr
+
+
+def test_hmdf_alone_prints_the_help():
+    done = subprocess.run([sys.executable, "-m", "hmdf_deploy.cli"], capture_output=True, text=True, timeout=120,
+                          env=env())
+    assert done.returncode == 0 and "Usage: hmdf" in done.stdout and "quantize" in done.stdout
 
 
 # ------------------------------------------------------------------------ SIGKILL (subprocess)
