@@ -65,5 +65,5 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-#: Click's UsageError, whichever click typer runs on (its own copy since typer 0.26, click before).
+#: Click's UsageError, whichever click typer runs on (recent typers carry their own copy of click).
 _USAGE_ERROR = typer.BadParameter.__mro__[1]
