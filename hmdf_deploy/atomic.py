@@ -39,7 +39,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     path = Path(path)
     parent = path.parent
     if not parent.is_dir():
-        raise HmdfError(f"cannot write {path}: the folder {parent} does not exist")
+        why = "is a file, not a folder" if parent.exists() else "does not exist"
+        raise HmdfError(f"cannot write {path}: {parent} {why}")
     tmp = parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
         write(tmp)

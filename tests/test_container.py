@@ -507,6 +507,9 @@ def test_writer_accepts_grad_tensors_and_views(tmp_path):
 def test_writer_missing_folder(tmp_path):
     with pytest.raises(HmdfError, match="does not exist"):
         write_container(tmp_path / "no" / "such" / "m.hmdf", {}, {})
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(HmdfError, match="afile is a file, not a folder"):
+        write_container(tmp_path / "afile" / "m.hmdf", {}, {})
 
 
 # ------------------------------------------------------------------------------ atomic write
