@@ -547,19 +547,26 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, straight):
     assert {f: (out / f).read_bytes() for f in RUN_FILES} == before
 
 
-@pytest.mark.parametrize("mode", [*MODES, "random-backprop"])
-def test_trainer_passes_the_mode_to_every_batch(tmp_path, monkeypatch, mode, batches_per_epoch):
+def spy_on_batches(monkeypatch) -> list[tuple[torch.Tensor, dict]]:
+    """Record each call of `train_batch` by the trainer: its targets and keyword arguments."""
     calls = []
     real = trainer.train_batch
 
     def spy(model, optimizer, x, y, **kw):
-        calls.append(kw)
+        calls.append((y, kw))
         return real(model, optimizer, x, y, **kw)
 
     monkeypatch.setattr(trainer, "train_batch", spy)
+    return calls
+
+
+@pytest.mark.parametrize("mode", [*MODES, "random-backprop"])
+def test_trainer_passes_the_mode_to_every_batch(tmp_path, monkeypatch, mode, batches_per_epoch):
+    recorded = spy_on_batches(monkeypatch)
     rb = mode == "random-backprop"
     tc = train_config(epochs=1, mode="online" if rb else mode, random_backprop=rb)
     start(tmp_path / "run", model_config(), tc)
+    calls = [kw for _, kw in recorded]
     assert len(calls) == batches_per_epoch
     assert {(c["T"], c["static"], c["mode"]) for c in calls} == {(RUN_T, True, tc.mode)}
     stars = [c["t_star"] for c in calls]
@@ -574,15 +581,9 @@ def test_trainer_passes_the_mode_to_every_batch(tmp_path, monkeypatch, mode, bat
 def test_trainer_mixes_batches_only_when_asked(tmp_path, monkeypatch, mix, batches_per_epoch):
     """With `mix` the loss gets Mixup / CutMix soft targets (rows summing to 1 over the classes)
     while train_acc still counts the labels; without it, the labels themselves."""
-    seen = []
-    real = trainer.train_batch
-
-    def spy(model, optimizer, x, y, **kw):
-        seen.append(y)
-        return real(model, optimizer, x, y, **kw)
-
-    monkeypatch.setattr(trainer, "train_batch", spy)
+    recorded = spy_on_batches(monkeypatch)
     record = start(tmp_path / "run", model_config(), train_config(epochs=1, mix=mix))
+    seen = [y for y, _ in recorded]
     assert len(seen) == batches_per_epoch
     for y in seen:
         if mix:
