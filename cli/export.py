@@ -53,4 +53,6 @@ def _load(model_path: Path, data_dir: Path | None):
         return result.model, ""
     if not model_path.exists():
         raise HmdfError(f"{model_path} not found")
+    if data_dir is not None:
+        raise HmdfError("--data-dir is for exporting a training run directory; a .hmdf file needs no data")
     return load_hmdf(model_path), read_checksum(model_path)

@@ -54,7 +54,8 @@ def main() -> None:
         code = app(standalone_mode=False, prog_name="hmdf")
     except _USAGE_ERROR as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # `hmdf` or `hmdf run` alone: the help, as asked for
-            ui.out.print(e.ctx.get_help())
+            if e.format_message():  # (typer's rich help has printed itself already)
+                ui.out.print(e.format_message(), markup=False, highlight=False)
             sys.exit(0)
         hint = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
         ui.fail_line(f"{e.format_message()}{hint}")

@@ -61,6 +61,21 @@ def test_engine_refuses_non_finite_input(deploy, backend, bad):
         engine.run(x)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_engine_refuses_input_of_another_shape(deploy, backend):
+    """A frame of another size is one HmdfError naming both shapes, before any backend sees it (a
+    kernel could otherwise broadcast it into a buffer of the right size and answer)."""
+    engine = Engine(deploy, backend)
+    engine.step(frames(1)[0])
+    for bad in (np.zeros((1, C, H, 1), np.float32), np.zeros((1, C, H), np.float32)):
+        with pytest.raises(HmdfError, match=rf"the input at step 1 has shape \({', '.join(map(str, bad.shape))},?\); "
+                                            rf"the model takes \(B, {C}, {H}, {W}\)"):
+            engine.step(bad)
+    assert engine.t == 1
+    with pytest.raises(HmdfError, match=rf"the input sequence has shape .*; the model takes \(T, B, {C}, {H}, {W}\)"):
+        engine.run(frames(T)[:, :, :, :1])
+
+
 def test_engine_refuses_values_that_overflow_float32(deploy):
     with pytest.raises(HmdfError, match="NaN or Inf"):
         Engine(deploy, "torch").step(np.full((1, C, H, W), 1e39, np.float64))

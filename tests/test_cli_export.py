@@ -279,6 +279,12 @@ def test_error_output_equal_to_input(hmdf_file):
     assert hmdf_file.read_bytes() == before and os.listdir(hmdf_file.parent) == ["model.hmdf"]
 
 
+def test_error_data_dir_with_a_model_file(hmdf_file, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert_user_error(hmdf("export", hmdf_file, "--data-dir", tmp_path, "-o", out), "--data-dir is for exporting a training run")
+    assert not out.exists()
+
+
 def test_error_output_folder_missing(hmdf_file, tmp_path):
     assert_user_error(hmdf("export", hmdf_file, "-o", tmp_path / "no" / "such" / "m.onnx"), "does not exist")
 

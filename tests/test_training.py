@@ -595,6 +595,26 @@ def test_trainer_mixes_batches_only_when_asked(tmp_path, monkeypatch, mix, batch
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["mix"] is mix
 
 
+def test_nan_weights_after_an_epochs_last_step_are_not_saved(tmp_path, monkeypatch, batches_per_epoch):
+    """The loss is measured before the optimizer step, so the last step of an epoch can leave NaN
+    weights behind a finite loss: training stops there and the epoch is not checkpointed."""
+    real = trainer.train_batch
+    calls = []
+
+    def poisoning(model, optimizer, x, y, **kw):
+        result = real(model, optimizer, x, y, **kw)
+        calls.append(1)
+        if len(calls) == batches_per_epoch:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(trainer, "train_batch", poisoning)
+    with pytest.raises(HmdfError, match="diverged in epoch 1: its last step left NaN or Inf weights.*lower --lr"):
+        start(tmp_path / "run", model_config(), train_config(epochs=1))
+    assert not (tmp_path / "run" / "model.safetensors").exists() and not (tmp_path / "run" / "train_state.pt").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # atomic, consistent checkpoints
 # --------------------------------------------------------------------------------------------

@@ -152,17 +152,9 @@ def _replaying(monkeypatch) -> list:
     return recorded
 
 
-@pytest.mark.parametrize("policy", ["window", "continuous"])
-def test_replayed_steps_equal_launched_steps(monkeypatch, policy):
-    """A stream through recorded steps gives exactly the logits of steps launched one by one:
-    across windows, past T (continuous), a changed batch size, an Engine.run in between, and more
-    batch sizes than are kept."""
-    deploy = _kind("vgg-G-1bit-4bit-seca2-membn")  # membranes, Mem-BN tables per step, SECA-II
-    live = Engine(deploy, "triton", policy)
-    live.backend.graphs = None  # kernels launched step by step (on a GPU too)
-    recorded = _replaying(monkeypatch)
-    replayed = Engine(deploy, "triton", policy)
-    assert replayed.backend.graphs is not None
+def _stream_both(deploy, live: Engine, replayed: Engine) -> None:
+    """Feed both engines the same streams: windows, past T (continuous), changed batch sizes, an
+    Engine.run in between, more batch sizes than StepGraphs keeps; the logits must be equal."""
     g = torch.Generator().manual_seed(3)
     T = deploy.T
     for batch, steps in [(2, 2 * T + 1), (3, T), (1, T), (4, 1), (5, 1), (2, T)]:
@@ -177,6 +169,16 @@ def test_replayed_steps_equal_launched_steps(monkeypatch, policy):
     graphs = replayed.backend.graphs
     assert len(graphs.buffers) == graphs.MAX_BATCHES and 3 not in graphs.buffers  # the oldest dropped
     assert {k for k in graphs.replays if k[0] == 1} == {(1, t, True) for t in range(1, T)}  # t = 0: eager
+
+
+@pytest.mark.parametrize("policy", ["window", "continuous"])
+def test_replayed_steps_equal_launched_steps(monkeypatch, policy):
+    """Steps replayed from recordings give exactly the logits of steps launched one by one."""
+    deploy = _kind("vgg-G-1bit-4bit-seca2-membn")  # membranes, Mem-BN tables per step, SECA-II
+    live = Engine(deploy, "triton", policy)
+    live.backend.graphs = None  # kernels launched step by step (on a GPU too)
+    recorded = _replaying(monkeypatch)
+    _stream_both(deploy, live, Engine(deploy, "triton", policy))
     assert len(recorded) > 0
 
 
@@ -188,6 +190,7 @@ def test_a_replayed_step_reads_the_state_it_is_given(monkeypatch):
     backend, live = TritonBackend(deploy), TritonBackend(deploy)
     live.graphs = None
     x = torch.rand(3, 2, *deploy.input_shape, generator=torch.Generator().manual_seed(4)).numpy()
+    given = x.copy()
     for t in range(3):  # buffers, then a recording, then a replay
         backend.step(x[t], t)
         live.step(x[t], t)
@@ -196,19 +199,15 @@ def test_a_replayed_step_reads_the_state_it_is_given(monkeypatch):
     np.testing.assert_array_equal(backend.step(x[0], 1), live.step(x[0], 1))
     backend.reset(), live.reset()  # the same step row as recorded above, but from no state
     np.testing.assert_array_equal(backend.step(x[1], 1), live.step(x[1], 1))
+    np.testing.assert_array_equal(x, given)  # the input buffer is the backend's own, not the caller's frame
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-def test_cuda_graph_steps_equal_launched_steps():
-    """On a GPU, steps replayed from CUDA graphs give exactly the logits of the same kernels launched
-    one by one, over two windows and past T."""
+@pytest.mark.parametrize("policy", ["window", "continuous"])
+def test_cuda_graph_steps_equal_launched_steps(policy):
+    """On a GPU, the same streams through real CUDA graphs: equal to the kernels launched one by one."""
     deploy = _kind("vgg-G-1bit-4bit-seca2-membn")
-    graphs, live = Engine(deploy, "triton", "continuous"), Engine(deploy, "triton", "continuous")
+    live = Engine(deploy, "triton", policy)
     live.backend.graphs = None
-    assert graphs.backend.graphs is not None
-    g = torch.Generator().manual_seed(5)
-    for t in range(2 * deploy.T + 1):
-        x = torch.rand(2, *deploy.input_shape, generator=g).numpy()
-        np.testing.assert_array_equal(graphs.step(x).logits, live.step(x).logits, err_msg=f"step {t}")
-    assert len(graphs.backend.graphs.replays) == deploy.T - 1  # t = 0 eager, then one per step row
+    _stream_both(deploy, live, Engine(deploy, "triton", policy))
 

@@ -359,8 +359,8 @@ def test_weights_without_slack_or_odd_k_steps_are_refused():
     bare = gemm.PackedWeight(w.data.clone(), w.scheme, 4, 3, (3, 3), w.tap_channels)  # no bytes after it
     with pytest.raises(ValueError, match="SLACK bytes after them"):
         synapse(x, bare, scale, shift)
-    for k in (48, 512):
-        with pytest.raises(ValueError, match=f"power of two up to 256, not {k}"):
+    for k in (8, 48, 512):
+        with pytest.raises(ValueError, match=f"power of two from 16 to 256, not {k}"):
             synapse(x, w, scale, shift, tiles=(16, 16, k))
 
 

@@ -61,7 +61,7 @@ class Engine:
         self.t, self.window, self.summed = 0, 0, None
 
     def step(self, x_t: np.ndarray) -> StepResult:
-        x_t = _finite(x_t, f"the input at step {self.t}")
+        x_t = _checked(x_t, self.input_shape, f"the input at step {self.t}", "B")
         if self.summed is not None and len(x_t) != len(self.summed):
             raise HmdfError(f"batch size changed from {len(self.summed)} to {len(x_t)} within a window; "
                             "call reset() first (the state is per sample)")
@@ -79,16 +79,19 @@ class Engine:
         """Logits (T, B, K) of a (T, B, C, H, W) sequence from a fresh state (the stream is untouched)."""
         saved = self.backend.state
         try:
-            return self.backend.run(_finite(frames, "the input sequence"))
+            return self.backend.run(_checked(frames, self.input_shape, "the input sequence", "T, B"))
         finally:
             self.backend.state = saved
 
 
-def _finite(x, what: str) -> np.ndarray:
-    """`x` as float32, refused if it holds NaN or Inf (after the cast: 1e39 overflows to Inf).
-    One pass over the input, small next to the convolutions."""
+def _checked(x, shape: tuple[int, ...], what: str, lead: str) -> np.ndarray:
+    """`x` as float32, refused if it is not (`lead`…, *shape) or holds NaN or Inf (after the cast:
+    1e39 overflows to Inf). One pass over the input, small next to the convolutions."""
     with np.errstate(over="ignore"):  # the overflow is reported below, as a refusal
         x = np.asarray(x, dtype=np.float32)
+    leading = lead.count(",") + 1
+    if x.ndim != leading + len(shape) or x.shape[leading:] != tuple(shape):
+        raise HmdfError(f"{what} has shape {x.shape}; the model takes ({lead}, {', '.join(map(str, shape))})")
     if not np.isfinite(x).all():
         raise HmdfError(f"{what} holds NaN or Inf values")
     return x

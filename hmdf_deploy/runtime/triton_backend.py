@@ -215,7 +215,7 @@ class StepGraphs:
         B, row, carried = len(x), min(t, self.backend.T - 1), bool(state)
         buf = self.buffers.get(B)
         if buf is None:  # this batch size's first step: eager, and its outputs give the buffers' shapes
-            x = x.to(self.backend.device)
+            x = x.to(self.backend.device, copy=True)  # the buffer: never the caller's own memory
             logits, new = self.backend._forward(x, t, 1, state)
             self._keep(B, _Buffers(x, logits, new))
             return logits, dict(new)

@@ -48,6 +48,15 @@ def wrap(model: nn.Module, d: Dist) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
+def any_rank(flag: bool, d: Dist) -> bool:
+    """Whether `flag` holds on any process: every rank gets the same answer, so all stop together."""
+    if d.world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier(d: Dist) -> None:
     if d.world > 1:
         dist.barrier()

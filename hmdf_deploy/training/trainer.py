@@ -22,7 +22,7 @@ from hmdf_deploy.data import DataInfo, Split, augment_batch, load_dataset, mix_b
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.models import ModelConfig, build_model
 from hmdf_deploy.training import checkpoint as ckpt
-from hmdf_deploy.training.distributed import barrier, init_distributed, shutdown, wrap
+from hmdf_deploy.training.distributed import any_rank, barrier, init_distributed, shutdown, wrap
 from hmdf_deploy.training.steps import MODES, evaluate, train_batch
 
 
@@ -180,14 +180,15 @@ def _fit(
                 t_star = int(torch.randint(model_config.T, (1,), generator=gen)) if tc.random_backprop else None
                 r = train_batch(model, optimizer, x.to(d.device), target.to(d.device), T=model_config.T,
                                 static=static, mode=tc.mode, t_star=t_star)
-                if not math.isfinite(r.loss):  # nothing saved: the last checkpoint is the last finite state
-                    raise HmdfError(f"training diverged at epoch {pos.epoch + 1}, batch {b}: the loss is {r.loss}; "
-                                    f"start a new run with a lower --lr (this one was {tc.lr:g})")
+                if any_rank(not math.isfinite(r.loss), d):  # nothing saved: the last checkpoint stays
+                    raise _diverged(f"at epoch {pos.epoch + 1}, batch {b}: the loss is {r.loss}", tc)
                 hits = int((r.logits.argmax(1) == y.to(d.device)).sum())
                 pos = replace(pos, batch=b + 1, loss_sum=pos.loss_sum + r.loss, correct=pos.correct + hits,
                               seen=pos.seen + len(y))
                 if d.main:
                     progress.batch(pos.epoch, b, r.loss, hits / len(y))
+            if any_rank(not all(bool(torch.isfinite(p).all()) for p in net.parameters()), d):
+                raise _diverged(f"in epoch {pos.epoch + 1}: its last step left NaN or Inf weights", tc)
             scheduler.step()
             record = _epoch_record(pos, per_epoch, optimizer, time.perf_counter() - started,
                                    evaluate(model, test.x.to(d.device), test.y.to(d.device), static=static))
@@ -202,6 +203,10 @@ def _fit(
     finally:
         shutdown(d)
     return record or (ckpt.read_metrics(run_dir / ckpt.METRICS) or [{}])[-1]
+
+
+def _diverged(where: str, tc: TrainConfig) -> HmdfError:
+    return HmdfError(f"training diverged {where}; start a new run with a lower --lr (this one was {tc.lr:g})")
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -85,8 +85,8 @@ def pack_weight(weight: Tensor, weights: str, device: torch.device | str = "cpu"
 
 def check_slack(w: PackedWeight, tiles: Tiles) -> None:
     """The kernel reads up to 2 · BLOCK_K / (codes per byte) ≤ SLACK bytes past the last packed row."""
-    if tiles.k > MAX_BLOCK_K or tiles.k != triton.next_power_of_2(tiles.k):
-        raise ValueError(f"BLOCK_K must be a power of two up to {MAX_BLOCK_K}, not {tiles.k}")
+    if not 16 <= tiles.k <= MAX_BLOCK_K or tiles.k != triton.next_power_of_2(tiles.k):
+        raise ValueError(f"BLOCK_K must be a power of two from 16 to {MAX_BLOCK_K}, not {tiles.k}")
     if w.scheme != "fp32":
         room = w.data.untyped_storage().nbytes() - w.data.storage_offset() - w.data.numel()
         if not w.data.is_contiguous() or room < SLACK:
