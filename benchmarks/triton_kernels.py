@@ -20,7 +20,8 @@ the results are flushed to `--out` after every row, so a timeout still leaves wh
    `make_deploy`, random folded weights that fire): per-step latency (`TritonBackend.step`, replayed
    from CUDA graphs, and with its kernels launched one by one) and whole sequences (`TritonBackend.run`, loop and scan) against the torch reference on the same
    device and SpikingJelly (LIFNode, multi-step, its Triton kernel) of the same layer shapes; with
-   how many synapses each triton backend runs fused with their neuron (`TritonBackend.fused`).
+   how many synapses each form runs fused with their neuron (streaming steps: `TritonBackend.fused`;
+   sequences: none).
 
 Every kernel row is checked against a reference before it is timed (neurons: `Reference` on a
 one-neuron DeployModel; synapses: F.conv2d / F.linear in float64; the fused synapse + neuron:
@@ -686,7 +687,7 @@ def network_runners(model, spec, dev: str, rep: Report) -> dict:
 
     loop, scan, launched = TritonBackend(model), TritonBackend(model, scan=True), TritonBackend(model)
     launched.graphs = None  # each step's kernels launched from Python, as before the CUDA-graph replay
-    fused, scan_fused, note = fused_counts(model, scan)
+    fused, note = fused_counts(model, loop)
     rep.add("notes", note)
     ref = Reference(on_device(model, dev))
     state: dict = {}
@@ -705,7 +706,7 @@ def network_runners(model, spec, dev: str, rep: Report) -> dict:
         "hmdf triton, steps launched without CUDA graphs (numpy in/out)": {
             "run": launched.run, "step": launched.step, "reset": launched.reset, "feed": "numpy", "fused": fused},
         "hmdf triton scan (device input)": {"run": scan.run, "step": None, "reset": scan.reset, "feed": "device",
-                                            "fused": scan_fused},
+                                            "fused": fused},
         "hmdf torch Reference on device (loop)": {"run": lambda x: ref.run(x).cpu(), "step": ref_step,
                                                   "reset": lambda: None, "feed": "device"},
     }
@@ -734,22 +735,19 @@ def network_runners(model, spec, dev: str, rep: Report) -> dict:
     return r
 
 
-def fused_counts(model, scan) -> tuple[str, str, str]:
-    """How many synapses run in one kernel with their neuron ("k of n"), in the loop backend and in
-    the scan backend's `run` (which gives a scannable neuron its synapse's current instead), and a
-    note naming the rest: the share of fused layers is what the triton rows mostly reflect."""
-    from hmdf_deploy.deploy.graph import Neuron, Synapse
+def fused_counts(model, backend) -> tuple[dict, str]:
+    """How many synapses run in one kernel with their neuron ("k of n"), per form: all of
+    `TritonBackend.fused` in a streaming step, none in a sequence (`run` fuses nothing: a fused
+    program loops over the steps itself and was slower, RESULTS.md), and a note naming the rest."""
+    from hmdf_deploy.deploy.graph import Synapse
 
     synapses = [n.name for n in model.nodes if isinstance(n, Synapse)]
-    reader = {n.inputs[0]: n.name for n in model.nodes if isinstance(n, Neuron)}
-    scanned = [s for s in scan.fused if scan.layers[reader[s]].scannable]
-    rest = [s for s in synapses if s not in scan.fused]
-    both, seq = f"{len(scan.fused)} of {len(synapses)}", f"{len(scan.fused) - len(scanned)} of {len(synapses)}"
-    note = (f"network: {both} synapses run fused with their neuron (`synapse_neuron`, one kernel) in the triton "
-            f"backend's `step` and `run`; not fused (read by something other than one neuron, or the output): "
-            f"{', '.join(rest) or 'none'}; with scan=True, `run` fuses {seq} (a scannable neuron takes "
-            f"`synapse` + `neuron_scan`)")
-    return both, seq, note
+    rest = [s for s in synapses if s not in backend.fused]
+    counts = {"step": f"{len(backend.fused)} of {len(synapses)}", "seq": f"0 of {len(synapses)}"}
+    note = (f"network: {counts['step']} synapses run fused with their neuron (`synapse_neuron`, one kernel) in "
+            f"the triton backend's streaming `step`, none in `run`; not fused (read by something other than "
+            f"one neuron, or the output): {', '.join(rest) or 'none'}")
+    return counts, note
 
 
 def network_checks(rep, model, config, runners, dev) -> None:
@@ -847,7 +845,8 @@ def network_config(rep, budget, runners, kind: str, B: int, config, dev, repeats
                 samples[k].append(statistics.median(time_steps(use[k], feeds[k], min_time)))
     for k, s in samples.items():
         st = _common.stats(s)
-        row = {"kind": kind, "B": B, "T": config.T, "backend": k, "per_call_s": st, "fused": use[k].get("fused")}
+        row = {"kind": kind, "B": B, "T": config.T, "backend": k, "per_call_s": st,
+               "fused": (use[k].get("fused") or {}).get(kind)}
         if kind == "seq":
             row["samples_per_s"] = B / st["median"]
         rep.add("network", row)

@@ -2,7 +2,9 @@
 
 `atomic_write(path, write)` calls `write(tmp)` on a fresh temporary file in the target's folder,
 fsyncs it, renames it over `path` and fsyncs the folder. A failure or a kill at any moment leaves
-either the previous file or the new one under `path`, never a partial file, and no temporary.
+either the previous file or the new one under `path`, never a partial file; a failure removes the
+temporary, a SIGKILL (which cannot clean up) may leave it beside the target. The one file that is
+appended instead is a run's `metrics.jsonl` (training/checkpoint.py).
 An OSError (disk full, no permission, read-only file system) becomes a `WriteError`: one line that
 names the path, which the CLI prints as `error: cannot write PATH: No space left on device`.
 """

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hmdf_deploy.data import load_dataset
+from hmdf_deploy.atomic import WriteError
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.models import ModelConfig, build_model
 from hmdf_deploy.neurons import HMDFNeuron, StatefulNeuron
@@ -632,6 +633,13 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
         ckpt.atomic_write(target, broken)
     assert target.read_bytes() == b"previous good checkpoint"
     assert os.listdir(tmp_path) == ["train_state.pt"]
+
+
+def test_a_failed_metrics_append_is_one_write_error(tmp_path):
+    """metrics.jsonl is appended, not written atomically; its OSError is still one WriteError line."""
+    (tmp_path / "metrics.jsonl").mkdir()  # opening a directory for appending fails (EISDIR)
+    with pytest.raises(WriteError, match=r"cannot write .*metrics.jsonl: Is a directory"):
+        ckpt.append_metrics(tmp_path / "metrics.jsonl", {"epoch": 1})
 
 
 def test_save_weights_failure_keeps_the_old_weights(tmp_path, monkeypatch, read_weights):

@@ -28,7 +28,8 @@ from hmdf_deploy.neurons import SPIKE_LEVELS, HMDFNeuron, ParallelHMDF
 from hmdf_deploy.training import checkpoint as ckpt
 from hmdf_deploy.training import evaluate, load_run_config, load_trained
 
-#: Logits may differ by float32 rounding of the folded affine; relative to the logit scale.
+#: The float64 fold agrees to float64 rounding (about 1e-15); relative to the logit scale, this
+#: leaves room for a deep network's amplification of it and still refuses a wrong fold.
 LOGIT_RTOL = 1e-4
 #: Share of 4-bit codes allowed to flip at rounding ties (each flip is one code off by ±1).
 CODE_FLIP_TOL = 1e-3

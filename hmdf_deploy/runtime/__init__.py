@@ -1,4 +1,4 @@
-"""The streaming runtime: `Engine` over the torch and onnxruntime backends."""
+"""The streaming runtime: `Engine` over the torch, onnxruntime and triton backends."""
 
 from hmdf_deploy.runtime.backends import BACKENDS, available_backends
 from hmdf_deploy.runtime.engine import POLICIES, Engine, StepResult

@@ -5,8 +5,9 @@
     train_state.pt    weights + optimizer + scheduler + position, loaded with weights_only=True
     metrics.jsonl     one JSON object per finished epoch
 
-Every write goes to a temporary file in the same directory and is renamed into place, so a kill
-at any moment leaves the previous good file. Resuming reads only `train_state.pt`, which holds its
+Every write but one goes to a temporary file in the same directory and is renamed into place, so
+a kill at any moment leaves the previous good file. `metrics.jsonl` gets a line appended per epoch:
+a kill can leave half a line, which reading skips and a resume rewrites (atomically) away. Resuming reads only `train_state.pt`, which holds its
 own copy of the weights: there is no window in which weights and optimizer state disagree.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hmdf_deploy.atomic import atomic_write
+from hmdf_deploy.atomic import WriteError, atomic_write
 from hmdf_deploy.errors import HmdfError
 
 CONFIG = "config.json"
@@ -69,8 +70,11 @@ def load_state(path: Path) -> dict:
 
 
 def append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:  # one line, as atomic_write reports its failures
+        raise WriteError(f"cannot write {path}: {e.strerror}") from None
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -97,7 +97,8 @@ def check_slack(w: PackedWeight, tiles: Tiles) -> None:
 def _operands(x_row, w_ptr, s, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
               KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, TAPS: tl.constexpr, BLOCK_K: tl.constexpr):
     """K step s's input tile (BLOCK_M, BLOCK_K) and its weights as stored: (BLOCK_K / codes per byte,
-    BLOCK_N) bytes of packed codes, or (BLOCK_K, BLOCK_N) float32; all masked off for s ≥ steps.
+    BLOCK_N) bytes of packed codes, or (BLOCK_K, BLOCK_N) float32. For s ≥ steps the input tile and
+    float32 weights are masked off; packed bytes are not (see below).
     TAPS: BLOCK_K channels of one tap; otherwise BLOCK_K consecutive codes of the padded taps, each
     element its own tap. Either way a step's codes are consecutive in the packed row from k0 on, and
     k0 falls on a byte boundary, so each byte is loaded once."""
