@@ -117,10 +117,9 @@ def make_events(
     _, test = digit_split()
     indices = test[:count]
     make_dir(out, "--out")
-    files = []
-    for i, rec in zip(indices, make_neuro_digit_recordings(seed, indices)):
-        files.append(out / f"neuro-digit-{int(i):04d}.npz")
-        write_events(files[-1], rec)
+    files = [out / f"neuro-digit-{int(i):04d}.npz" for i in indices]
+    for path, rec in zip(files, make_neuro_digit_recordings(seed, indices)):
+        write_events(path, rec)
     if json_out:
         ui.emit_json({"files": [{"path": str(f), "bytes": f.stat().st_size} for f in files]})
         return

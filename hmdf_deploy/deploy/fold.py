@@ -12,7 +12,7 @@ that `hmdf quantize` can check the fold itself exactly before it is rounded for 
 
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -123,13 +123,11 @@ def fold(model: SpikingNet, config: ModelConfig, *, event: bool, source: dict | 
 
 
 def with_dtype(model: DeployModel, dtype: torch.dtype) -> DeployModel:
-    """A copy of `model` with its floating-point tensors in `dtype` (integer weight codes as they are)."""
-    model = copy.deepcopy(model)
-    for n in model.nodes:
-        for key, t in n.tensors().items():
-            if t.is_floating_point():
-                setattr(n, key, t.to(dtype))
-    return model
+    """`model` with its floating-point tensors in `dtype`: new nodes; the integer weight codes, and
+    tensors already in `dtype`, are shared rather than copied."""
+    nodes = [replace(n, inputs=list(n.inputs),
+                     **{k: t.to(dtype) for k, t in n.tensors().items() if t.is_floating_point()}) for n in model.nodes]
+    return replace(model, nodes=nodes, source=dict(model.source))
 
 
 def _fold_vgg(b: _Builder, model: VGG, T: int) -> str:
