@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import tempfile
 from collections import Counter
 
 assert not os.environ.get("TRITON_INTERPRET"), "compile without the interpreter"
@@ -25,8 +27,8 @@ TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "sm80": GPUTarget("cuda", 80, 32)}
 SM80 = ("synapse-trit2-int-taps", "synapse-sign1-float-taps", "fused-trit2-int-hmdf-codes", "steps-hmdf-codes", "scan-codes")
 
 
-def compile_ptx(fn, pointers: dict[str, str], constants: dict, target: str) -> str:
-    """PTX of `fn` with the given pointer element types, constexprs (and "num_warps", and
+def compile_kernel(fn, pointers: dict[str, str], constants: dict, target: str) -> dict:
+    """PTX and cubin of `fn` with the given pointer element types, constexprs (and "num_warps", and
     "divisible": integer arguments that are multiples of 16), every other argument i32. As in a
     launch, pointers are 16-byte aligned and the "divisible" integers specialized as such."""
     constants = dict(constants)
@@ -38,7 +40,17 @@ def compile_ptx(fn, pointers: dict[str, str], constants: dict, target: str) -> s
     source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()},
                        attrs=attrs)
     options = {"enable_fp_fusion": False, "num_warps": warps}
-    return triton.compile(source, target=TARGETS[target], options=options).asm["ptx"]
+    return triton.compile(source, target=TARGETS[target], options=options).asm
+
+
+def resources(cubin: bytes) -> dict:
+    """Registers per thread and stack bytes (where ptxas puts spilled registers), from cuobjdump."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    return {"regs": int(re.search(r"REG:(\d+)", usage)[1]), "stack": int(re.search(r"STACK:(\d+)", usage)[1])}
 
 
 def features(ptx: str) -> dict:
@@ -63,15 +75,22 @@ def variants():
             for taps in (True, False):  # K steps tap by tap, or flat over the taps (few channels)
                 yield (f"synapse-{scheme}-{'int' if integer else 'float'}-{'taps' if taps else 'flat'}",
                        gemm._synapse_kernel, ptrs,
-                       dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=taps, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32))
-    # the tiles `gemm.blocks` picks on a GPU, in each of its branches and with the fewest channels
+                       dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=taps, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, PIXELS=True))
+    # the tiles `gemm.blocks` picks on a GPU: for 4-bit codes in each of its branches and with the
+    # fewest channels, 3×3 convolutions and linear layers (one pixel) of batch 1 and 32; for float32
+    # weights (a first layer), both branches
     ptrs = {"x_ptr": "u8", "w_ptr": "u8", "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"}
-    for M, channels in ((64, 16), (64, 512), (1024, 128), (2048, 512), (32768, 128)):
-        w = gemm.PackedWeight(None, "trit2", channels, channels, (3, 3), channels)
+    layers = [("trit2", M, channels, 3) for M, channels in ((64, 16), (64, 512), (1024, 128), (2048, 512), (32768, 128))]
+    layers += [("trit2", 1, 4096, 1), ("trit2", 32, 4096, 1), ("fp32", 64, 128, 3), ("fp32", 1024, 3, 3)]
+    for scheme, M, channels, k in layers:
+        w = gemm.PackedWeight(None, scheme, channels, channels, (k, k), channels)
         t = gemm.blocks(M, w)
-        yield (f"synapse-trit2-int-rows{M}-channels{channels}", gemm._synapse_kernel, ptrs,
-               dict(KH=3, KW=3, SCHEME=2, INT=True, TAPS=gemm.taps(w), BLOCK_M=t.m, BLOCK_N=t.n, BLOCK_K=t.k,
-                    num_warps=t.warps, divisible=("Cp", "row_len")))
+        integer = scheme != "fp32"
+        yield (f"synapse-{scheme}-{'int' if integer else 'float'}-{'conv' if k > 1 else 'linear'}-rows{M}-"
+               f"channels{channels}", gemm._synapse_kernel,
+               {**ptrs, "x_ptr": "u8" if integer else "fp32", "w_ptr": "u8" if integer else "fp32"},
+               dict(KH=k, KW=k, SCHEME=gemm.SCHEMES[scheme], INT=integer, TAPS=gemm.taps(w), BLOCK_M=t.m,
+                    BLOCK_N=t.n, BLOCK_K=t.k, PIXELS=k > 1, num_warps=t.warps, divisible=("Cp", "row_len")))
     models = (("hmdf", neuron.HMDF), ("lif", neuron.LIF), ("parallel", neuron.PARALLEL))
     f32 = dict.fromkeys(["sc_ptr", "sh_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
     for scheme, code in gemm.SCHEMES.items():
@@ -83,7 +102,7 @@ def variants():
                 yield (f"fused-{scheme}-{'int' if integer else 'float'}-{model}-{'codes' if codes else 'float'}",
                        fused._synapse_neuron_kernel, ptrs,
                        dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=True, MODEL=mcode, CODES=codes, AFFINE=True,
-                            STATE_IN=True, STATE_OUT=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32))
+                            STATE_IN=True, STATE_OUT=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, PIXELS=True))
     f32 = dict.fromkeys(["i_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
     for model, code in models:
         for codes in (False, True):
@@ -99,5 +118,6 @@ def variants():
 if __name__ == "__main__":
     for name, fn, ptrs, consts in variants():
         for target in ("sm90", "sm80") if name in SM80 else ("sm90",):
-            ptx = compile_ptx(fn, ptrs, consts, target)
-            print(json.dumps({"variant": name, "target": target, **features(ptx)}), flush=True)
+            asm = compile_kernel(fn, ptrs, consts, target)
+            print(json.dumps({"variant": name, "target": target, **features(asm["ptx"]), **resources(asm["cubin"])}),
+                  flush=True)

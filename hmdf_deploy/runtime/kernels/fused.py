@@ -20,10 +20,11 @@ import triton.language as tl
 from torch import Tensor
 
 from hmdf_deploy.runtime.kernels.gemm import (
-    SCHEMES, PackedWeight, Tiles, blocks, check_slack, conv_geometry, integer_dot, synapse_tile, taps,
+    SCHEMES, PackedWeight, Tiles, blocks, check_slack, conv_geometry, gather, integer_dot, nchw, scatter, synapse_tile,
+    taps,
 )
 from hmdf_deploy.runtime.kernels.neuron import (
-    PARALLEL, NeuronParams, check_state, neuron_step, param_args, store_spikes,
+    PARALLEL, NeuronParams, check_state, neuron_step, param_args, spike_code,
 )
 
 
@@ -35,29 +36,33 @@ def _synapse_neuron_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, s_ptr, v_in_ptr, v_out_
                            TAPS: tl.constexpr,
                            MODEL: tl.constexpr, CODES: tl.constexpr, AFFINE: tl.constexpr,
                            STATE_IN: tl.constexpr, STATE_OUT: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           PIXELS: tl.constexpr):
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask, omask = m < M, o < O
     mask = mmask[:, None] & omask[None, :]
     P = Ho * Wo
-    here = ((m // P)[:, None] * O + o[None, :]) * P + (m % P)[:, None]  # offset in (B, O, Ho, Wo)
+    here = nchw(m, o, O, P)  # offsets in (B, O, Ho, Wo)
     x_step = (M // P) * Cin * H * W  # one step's input (B, C, H, W) and output (B, O, Ho, Wo)
     out_step = M * O
     ch = tl.minimum(o, O - 1)[None, :]  # masked columns still read an existing channel's parameters
     v = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if STATE_IN:
-        v = tl.load(v_in_ptr + here, mask=mask, other=0.0)
+        v = gather(v_in_ptr, here, mask, PIXELS)
     for j in range(T):
         t = t0 + j
         i = synapse_tile(x_ptr + j * x_step, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, t + m * 0,
                          Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
-                         KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K)
+                         KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, PIXELS)
         s, v = neuron_step(i, v, t, ch, th_ptr, th_rows, lk_ptr, lk_rows, lk_cols, k_ptr, c_ptr, in_rows, in_cols,
                            MODEL, AFFINE)
-        store_spikes(s_ptr + j * out_step + here, s, mask, CODES)
+        if CODES:
+            scatter(s_ptr + j * out_step, here, spike_code(s), mask, PIXELS)
+        else:
+            scatter(s_ptr + j * out_step, here, s, mask, PIXELS)
     if STATE_OUT:
-        tl.store(v_out_ptr + here, v, mask=mask)
+        scatter(v_out_ptr, here, v, mask, PIXELS)
 
 
 def synapse_neuron(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, p: NeuronParams, *,
@@ -90,5 +95,6 @@ def synapse_neuron(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, p: 
         KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w), TAPS=taps(w),
         MODEL=p.model, CODES=p.codes, AFFINE=p.in_scale is not None,
         STATE_IN=v is not None and stateful, STATE_OUT=v_out is not None,
-        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, num_warps=tiles.warps, enable_fp_fusion=False)
+        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, PIXELS=g.H * g.W > 1, num_warps=tiles.warps,
+        enable_fp_fusion=False)
     return spikes, v_out

@@ -15,11 +15,12 @@ past a step's codes meets zero inputs; `SLACK` bytes after the last row keep it 
 decoded in registers with shifts and masks. With 16 or more input channels a K step stays inside
 one tap (dy, dx): the input rows' offsets and padding masks are worked out once per step and the
 channels are a plain stride. Fewer channels (a network's first layer) run over the taps' padded
-codes as one flat K instead, so that a K step is not mostly masked. Each step's loads are issued
-one step ahead. When the input is uint8 4-bit codes and the weights are codes, the products go
-through an int8 dot with an int32 accumulator: exact, whatever the order (SPEC §6 "additions
-only"). Otherwise the dot runs in float32 ("ieee", no TF32) so results match the torch reference
-to float rounding.
+codes as one flat K instead, so that a K step is not mostly masked. A warp loads the input tile
+with its lanes along the rows (neighbouring pixels, so the loads coalesce; see `gather`), or along
+the channels for a linear layer. Each step's loads are issued one step ahead. When the input is
+uint8 4-bit codes and the weights are codes, the products go through an int8 dot with an int32
+accumulator: exact, whatever the order (SPEC §6 "additions only"). Otherwise the dot runs in
+float32 ("ieee", no TF32) so results match the torch reference to float rounding.
 The epilogue applies the per-(t, channel) affine: rows n of step t = t0 + n // rows_per_step.
 """
 
@@ -94,8 +95,38 @@ def check_slack(w: PackedWeight, tiles: Tiles) -> None:
 
 
 @triton.jit
-def _operands(x_row, w_ptr, s, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
-              KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, TAPS: tl.constexpr, BLOCK_K: tl.constexpr):
+def gather(ptr, off, mask, PIXELS: tl.constexpr):
+    """The (BLOCK_M, n) tile at offsets `off` from ptr (0 where masked off), rows m = (sample,
+    pixel). Each lane of a warp loads one element, and which of the tile's two axes the lanes run
+    along decides whether a warp's loads coalesce. PIXELS (the maps have more than one pixel):
+    along the rows, whose pixels are neighbours in NCHW memory; the tile is loaded as its
+    transpose for that, which also leaves each thread one row's offsets and masks to hold rather
+    than all BLOCK_M of them (sm_90: the tilings `blocks` picks take up to half the registers
+    and no longer spill). Otherwise (one pixel: a linear layer) along the channels."""
+    if PIXELS:
+        return tl.trans(tl.load(ptr + tl.trans(off), mask=tl.trans(mask), other=0))
+    return tl.load(ptr + off, mask=mask, other=0)
+
+
+@triton.jit
+def scatter(ptr, off, value, mask, PIXELS: tl.constexpr):
+    """Store the (BLOCK_M, BLOCK_N) tile `value` at offsets `off` from ptr, lanes laid as in `gather`."""
+    if PIXELS:
+        tl.store(ptr + tl.trans(off), tl.trans(value), mask=tl.trans(mask))
+    else:
+        tl.store(ptr + off, value, mask=mask)
+
+
+@triton.jit
+def nchw(m, o, O, P):
+    """Offsets of rows m = (sample, pixel) and channels o in an (N, O, P pixels) tensor."""
+    return ((m // P)[:, None] * O + o[None, :]) * P + (m % P)[:, None]
+
+
+@triton.jit
+def _operands(x_ptr, x_row, w_ptr, s, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
+              KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, TAPS: tl.constexpr, BLOCK_K: tl.constexpr,
+              PIXELS: tl.constexpr):
     """K step s's input tile (BLOCK_M, BLOCK_K) and its weights as stored: (BLOCK_K / codes per byte,
     BLOCK_N) bytes of packed codes, or (BLOCK_K, BLOCK_N) float32. For s ≥ steps the input tile and
     float32 weights are masked off; packed bytes are not (see below).
@@ -112,7 +143,7 @@ def _operands(x_row, w_ptr, s, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, 
         kmask = c < live_c
         ih, iw = ih0 + r // KW, iw0 + r % KW
         rmask = mmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        xt = tl.load((x_row + ih * W + iw)[:, None] + (c * HW)[None, :], mask=rmask[:, None] & kmask[None, :], other=0)
+        xt = gather(x_ptr, (x_row + ih * W + iw)[:, None] + (c * HW)[None, :], rmask[:, None] & kmask[None, :], PIXELS)
         k0, k_live = r * Cp + c0, r * Cp + live_c  # codes k0 … k_live − 1 of the row are this step's
     else:
         k = s * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -121,7 +152,7 @@ def _operands(x_row, w_ptr, s, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, 
         ih = ih0[:, None] + (r // KW)[None, :]
         iw = iw0[:, None] + (r % KW)[None, :]
         xmask = mmask[:, None] & kmask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        xt = tl.load(x_row[:, None] + (c * HW)[None, :] + ih * W + iw, mask=xmask, other=0)
+        xt = gather(x_ptr, x_row[:, None] + (c * HW)[None, :] + ih * W + iw, xmask, PIXELS)
         k0, k_live = s * BLOCK_K, tl.where(s < steps, KH * KW * Cp, 0)
     if SCHEME == 0:
         k = k0 + tl.arange(0, BLOCK_K)
@@ -154,14 +185,14 @@ def _decoded(w, SCHEME: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constex
 def _accumulate(x_ptr, w_ptr, m, o, mmask, omask,
                 Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
                 KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PIXELS: tl.constexpr):
     """Σ_k x ⋅ W for output rows m (sample, y, x) and channels o: an exact int32 (BLOCK_M, BLOCK_N)
     tile on integer codes, else float32."""
     P = Ho * Wo
     n, p = m // P, m % P
     ih0 = (p // Wo) * stride - pad
     iw0 = (p % Wo) * stride - pad
-    x_row = x_ptr + n * Cin * H * W  # (BLOCK_M,) pointers to each row's sample
+    x_row = n * Cin * H * W  # (BLOCK_M,) offsets of each row's sample (int32: see MAX_NUMEL)
     if INT:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     else:
@@ -169,11 +200,11 @@ def _accumulate(x_ptr, w_ptr, m, o, mmask, omask,
     steps = KH * KW * tl.cdiv(Cin, BLOCK_K) if TAPS else tl.cdiv(KH * KW * Cp, BLOCK_K)
     # Each step's loads are issued a step early, the tiles waiting in registers: byte loads are too
     # narrow for the asynchronous copies of Triton's own pipelining, so this hides their latency.
-    xt, wt = _operands(x_row, w_ptr, 0, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
-                       KH, KW, SCHEME, TAPS, BLOCK_K)
+    xt, wt = _operands(x_ptr, x_row, w_ptr, 0, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
+                       KH, KW, SCHEME, TAPS, BLOCK_K, PIXELS)
     for s in range(steps):
-        x_next, w_next = _operands(x_row, w_ptr, s + 1, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W,
-                                   row_len, KH, KW, SCHEME, TAPS, BLOCK_K)
+        x_next, w_next = _operands(x_ptr, x_row, w_ptr, s + 1, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W,
+                                   row_len, KH, KW, SCHEME, TAPS, BLOCK_K, PIXELS)
         w = _decoded(wt, SCHEME, BLOCK_K, BLOCK_N)
         if INT:
             acc += tl.dot(xt.to(tl.int8), w.to(tl.int8))
@@ -187,11 +218,11 @@ def _accumulate(x_ptr, w_ptr, m, o, mmask, omask,
 def synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, step,
                  Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
                  KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PIXELS: tl.constexpr):
     """The (BLOCK_M, BLOCK_N) tile scale_t ⊙ (W ⊛ x) + shift_t, float32, for output rows m (sample,
     y, x) and channels o, with `step` (BLOCK_M,) the time step of each row."""
     acc = _accumulate(x_ptr, w_ptr, m, o, mmask, omask, Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
-                      KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K)
+                      KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, PIXELS)
     row = tl.minimum(step, aff_rows - 1)[:, None]
     col = tl.where(aff_cols > 1, o, 0)[None, :]
     mask = mmask[:, None] & omask[None, :]
@@ -205,16 +236,14 @@ def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr,
                     M, O, Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
                     rows_per_step, t0, aff_rows, aff_cols,
                     KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PIXELS: tl.constexpr):
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask, omask = m < M, o < O
     y = synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, t0 + m // rows_per_step,
                      Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
-                     KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K)
-    P = Ho * Wo
-    out = out_ptr + ((m // P)[:, None] * O + o[None, :]) * P + (m % P)[:, None]
-    tl.store(out, y, mask=mmask[:, None] & omask[None, :])
+                     KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, PIXELS)
+    scatter(out_ptr, nchw(m, o, O, Ho * Wo), y, mmask[:, None] & omask[None, :], PIXELS)
 
 
 class Tiles(NamedTuple):
@@ -238,9 +267,10 @@ def blocks(M: int, w: PackedWeight, interpreted: bool = False) -> Tiles:
     On a GPU, from two sweeps on an H200 (benchmarks/triton_tiles.py, RESULTS.md "GPU kernels"):
     wide tiles with 8 warps for many rows; for few rows (batch 1) small tiles with long K steps, so
     the layer still spreads over the SMs. Unpacked float32 weights (a network's first layer) keep
-    the 64×64×32 tiles of the first measurements: the wide ones made them 12× slower. The
-    interpreter runs each program in Python, so there the largest tiles (fewest programs) are
-    fastest."""
+    the 64×64×32 tiles of the first measurements (the wide ones made them 12× slower), on 8 warps:
+    their float dot holds a copy of its operands per thread, and on 4 warps it spilled registers
+    (680 bytes a thread, sm_90; none on 8). The interpreter runs each program in Python, so there
+    the largest tiles (fewest programs) are fastest."""
     def fit(n: int, high: int, low: int = 16) -> int:  # tl.dot needs 16+ rows and columns, an int8 one K ≥ 32
         return max(low, min(high, triton.next_power_of_2(max(n, 1))))
 
@@ -248,8 +278,8 @@ def blocks(M: int, w: PackedWeight, interpreted: bool = False) -> Tiles:
     per_step = w.in_channels if taps(w) else w.kernel[0] * w.kernel[1] * w.tap_channels  # what a K loop runs over
     if interpreted:
         return Tiles(fit(M, 256), fit(O, 128), fit(per_step, 128, 32))
-    if w.scheme == "fp32" and M >= 128:  # their tiles take 4-32× the registers of packed bytes
-        return Tiles(64, fit(O, 64), fit(per_step, 32, 32))
+    if w.scheme == "fp32":  # their tiles take 4-32× the registers of packed bytes
+        return Tiles(64, fit(O, 64), 32, warps=8) if M >= 128 else Tiles(16, 16, 32)
     if M >= 4096:
         return Tiles(64, fit(O, 128), fit(per_step, 64, 32), warps=8)
     if M >= 2048:
@@ -310,7 +340,7 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
         M, w.out_channels, g.Cin, w.tap_channels, g.H, g.W, g.Ho, g.Wo, stride, padding, w.data.shape[1],
         M // steps, t0, scale.shape[0], scale.shape[1],
         KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w), TAPS=taps(w),
-        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, num_warps=tiles.warps,
+        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, PIXELS=g.H * g.W > 1, num_warps=tiles.warps,
         enable_fp_fusion=False)  # the epilogue rounds like torch: a multiply, then an add
     return out
 
