@@ -2,9 +2,13 @@
 uint8 4-bit codes in, the int8 dot) for each `Tiles(BLOCK_M, BLOCK_N, BLOCK_K, warps)` on the layer
 shapes of triton_kernels.py, next to the tiles `gemm.blocks` picks and a dense bf16 layer. It is
 what `blocks` was chosen from (benchmarks/RESULTS.md, "GPU kernels"). Every tiling is checked
-exact against a float64 convolution before it is timed. The picked tiles and the dense layer are
-timed a second way, replayed in a CUDA graph, which leaves out launch overhead: at batch 1 a layer
-takes 20–100 µs and the flushed timings of the same kernel varied up to 2.4× between runs.
+exact against a float64 convolution before it is timed.
+
+Tilings are ranked by device time: the GPU's own timestamps of the kernels a call launches (CUPTI,
+through torch.profiler), with L2 flushed before each call, median of CALLS calls. That is what a
+call costs inside a CUDA graph, as the runtime's streaming steps run, and it leaves out the host's
+launch overhead, which a batch-1 layer's few microseconds of work cannot hide. The picked tiles and
+the dense layer are also timed as launched from Python (`triton.testing.do_bench`).
 
     python benchmarks/triton_tiles.py [--json tiles.json]      # CUDA GPU only; about two minutes
 """
@@ -12,7 +16,9 @@ takes 20–100 µs and the flushed timings of the same kernel varied up to 2.4×
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -21,7 +27,9 @@ import _common  # noqa: E402,F401  (puts the repository root on sys.path)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
+from torch.autograd import DeviceType  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
 
 from hmdf_deploy.runtime.kernels import pack_weight, synapse  # noqa: E402
 from hmdf_deploy.runtime.kernels.gemm import Tiles, blocks  # noqa: E402
@@ -41,18 +49,60 @@ def name(t: Tiles) -> str:
     return f"{t.m}×{t.n}×{t.k}/{t.warps}w"
 
 
-def graph_us(fn) -> float | None:
-    """µs per call replayed in a CUDA graph: device time without launch overhead or L2 flush (the
-    weights stay in L2), median; None where capture fails."""
+CALLS = 20
+FLUSH_BYTES = 256 * 2**20  # more than an H200's L2 (50 MB), as do_bench flushes
+
+
+def device_events(fn) -> list:
+    """The GPU activities (kernels, memsets, copies) of running fn once, in order of start."""
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+
+
+@functools.cache
+def _flush() -> tuple[torch.Tensor, frozenset[str]]:
+    """A buffer larger than L2, and the names of the GPU activities that write it once."""
+    buffer = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device=DEV)
+    return buffer, frozenset(e.name for e in device_events(lambda: buffer.add_(1)))
+
+
+def device_us(fn) -> float | None:
+    """µs of GPU time per call of fn, L2 flushed before each: the summed durations of the
+    activities fn launches, median over CALLS calls; None (and why, printed) where that fails."""
     try:
-        return do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
-    except Exception as e:  # noqa: BLE001  (a capture failure costs one column, not the sweep)
-        print(f"CUDA graph timing failed: {type(e).__name__}: {e}", flush=True)
+        flush, flush_names = _flush()
+        fn()
+
+        def calls():
+            for _ in range(CALLS):
+                flush.add_(1)  # an elementwise kernel of its own name (a memset might share one with fn)
+                fn()
+
+        per_call, current = [], None
+        for e in device_events(calls):
+            if e.name in flush_names:  # a flush opens the next call
+                if current is not None:
+                    per_call.append(current)
+                current = 0.0
+            elif current is not None:
+                current += e.time_range.end - e.time_range.start
+        per_call.append(current)
+        if len(per_call) != CALLS or not all(per_call):
+            raise RuntimeError(f"{len(per_call)} calls seen in the trace, {CALLS} made")
+        return statistics.median(per_call)
+    except Exception as e:  # noqa: BLE001  (a failed measurement costs one cell, not the sweep)
+        print(f"device timing failed: {type(e).__name__}: {e}", flush=True)
         return None
 
 
 def cell(v: float | None) -> str:
     return "—" if v is None else f"{v:.1f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a and b else "—"
 
 
 def main() -> None:
@@ -63,8 +113,8 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if DEV == "cuda" else DEV
     print(f"{gpu} · torch {torch.__version__}\n", flush=True)
     print("| layer | B | picked | best | best µs | picked µs | dense bf16 µs | best ÷ dense | picked ÷ dense | "
-          "picked µs, graph | dense µs, graph | picked ÷ dense, graph |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+          "picked µs, launched | dense µs, launched |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     results = []
     for label, cin, cout, hw, k in LAYERS:
         for B in (1, 32):
@@ -85,26 +135,27 @@ def main() -> None:
                     times[name(tiles)] = None
                     print(f"NOT EXACT: {label} B={B} {name(tiles)}", flush=True)
                     continue
-                times[name(tiles)] = do_bench(lambda: synapse(x, w, one, zero, tiles=tiles, **pad)) * 1e3
+                times[name(tiles)] = device_us(lambda: synapse(x, w, one, zero, tiles=tiles, **pad))
             dense_w, xb = codes.to(DEV, torch.bfloat16), x.to(torch.bfloat16)
             dense = (lambda: F.linear(xb, dense_w)) if k is None else (lambda: F.conv2d(xb, dense_w, padding=1))
-            dense()
-            dense_us = do_bench(dense) * 1e3
-            best = min((t for t in times.items() if t[1] is not None), key=lambda t: t[1])
+            dense_us = device_us(dense)
+            launched = {"picked": do_bench(lambda: synapse(x, w, one, zero, tiles=picked, **pad)) * 1e3,
+                        "dense": do_bench(dense) * 1e3}
+            timed = [t for t in times.items() if t[1] is not None]
+            best = min(timed, key=lambda t: t[1]) if timed else ("—", None)
             pk = times[name(picked)]
-            pk_graph, dense_graph = graph_us(lambda: synapse(x, w, one, zero, tiles=picked, **pad)), graph_us(dense)
-            results.append({"layer": label, "B": B, "picked": name(picked), "times_us": times, "dense_bf16_us": dense_us,
-                            "picked_graph_us": pk_graph, "dense_bf16_graph_us": dense_graph})
-            pk_cells = f"{pk:.1f} | {dense_us:.1f} | {best[1] / dense_us:.2f}× | {pk / dense_us:.2f}×" if pk else "NOT EXACT"
-            ratio = f"{pk_graph / dense_graph:.2f}×" if pk_graph and dense_graph else "—"
-            print(f"| {label} | {B} | {name(picked)} | {best[0]} | {best[1]:.1f} | {pk_cells} | {cell(pk_graph)} | "
-                  f"{cell(dense_graph)} | {ratio} |", flush=True)
-    print("\nµs, median of triton.testing.do_bench (L2 flushed before each call); graph: median of "
-          "do_bench_cudagraph (calls replayed in a CUDA graph, L2 warm). All tilings, µs:\n")
+            results.append({"layer": label, "B": B, "picked": name(picked), "device_us": times,
+                            "dense_bf16_device_us": dense_us, "launched_us": launched})
+            print(f"| {label} | {B} | {name(picked)} | {best[0]} | {cell(best[1])} | {cell(pk)} | {cell(dense_us)} | "
+                  f"{ratio(best[1], dense_us)} | {ratio(pk, dense_us)} | {cell(launched['picked'])} | "
+                  f"{cell(launched['dense'])} |", flush=True)
+    print(f"\nµs: device time (CUPTI kernel durations, L2 flushed before each call, median of {CALLS}); "
+          "launched: median of triton.testing.do_bench (CUDA events around the call as launched from Python, "
+          "L2 flushed). All tilings, device µs:\n")
     print("| tiles | " + " | ".join(f"{r['layer']} B={r['B']}" for r in results) + " |")
     print("|---|" + "---|" * len(results))
-    for t in dict.fromkeys(n for r in results for n in r["times_us"]):
-        cells = [r["times_us"].get(t) for r in results]
+    for t in dict.fromkeys(n for r in results for n in r["device_us"]):
+        cells = [r["device_us"].get(t) for r in results]
         print(f"| {t} | " + " | ".join(cell(c) for c in cells) + " |")
     if args.json:
         args.json.write_text(json.dumps({"gpu": gpu, "torch": torch.__version__,
