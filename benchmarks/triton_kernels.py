@@ -34,8 +34,11 @@ read once, and for the two-kernel path the float32 current written and read back
 parameters are ignored (≤ 0.1 %). Floor time = max(bytes / copy
 bandwidth, FLOPs / matmul rate of the unit the kernel uses); "% of floor" = floor / measured.
 
-Kernel times: `triton.testing.do_bench` (CUDA events, L2 flushed before every call, median and
-10th-90th percentiles in µs; a single launch's host overhead is hidden behind the flush).
+Kernel times: device time (benchmarks/_device_time.py: the durations of the kernels a call
+launches, from the GPU's clock, L2 flushed by a read before every call; median and 10th-90th
+percentiles of 20 calls, in µs). Runs 1-4 (sessions 2-3) used `triton.testing.do_bench`, whose
+flush writes L2 full of dirty lines that the timed kernel then writes back (about 50 MB), and
+whose events include the host's launch time where that exceeds the flush's.
 Whole-network times: wall clock per call, results on the host (the API's own synchronisation),
 median (min–max) over repeats that interleave the backends.
 
@@ -65,6 +68,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (also puts the repository root on sys.path)
+import _device_time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (importing torch does not define any Triton kernel yet)
@@ -169,8 +173,10 @@ def versions(dev: str) -> dict:
 
 # ==================================================================================== timing
 class Timer:
-    """Kernel timing: do_bench on a GPU (events, L2 flushed per call); a few wall-clock calls in
-    smoke mode on the CPU, where the numbers only show that the code path runs."""
+    """Kernel timing: device time on a GPU (`_device_time`: the kernels' durations from the GPU's
+    clock, L2 flushed before each call; do_bench if the profiler fails, said in the log and in the
+    row's "clock"); a few wall-clock calls in smoke mode on the CPU, where the numbers only show
+    that the code path runs."""
 
     def __init__(self, dev: str, quick: bool, smoke: bool) -> None:
         self.cuda = dev == "cuda"
@@ -178,12 +184,16 @@ class Timer:
         self.smoke_reps = 1  # after the check's call, which compiled and warmed the kernel
 
     def kernel(self, fn) -> dict:
-        """Seconds per call: median, p10, p90."""
+        """Seconds per call: median, p10, p90, and the clock that measured them."""
         if self.cuda:
+            try:
+                return {**_device_time.summary(_device_time.device_times(fn)), "clock": "device"}
+            except Exception as e:  # noqa: BLE001  (fall back rather than lose the row)
+                log(f"device timing failed ({type(e).__name__}: {e}); do_bench instead")
             import triton.testing
 
             med, lo, hi = triton.testing.do_bench(fn, warmup=self.warmup, rep=self.rep, quantiles=[0.5, 0.1, 0.9])
-            return {"median": med / 1e3, "p10": lo / 1e3, "p90": hi / 1e3}
+            return {"median": med / 1e3, "p10": lo / 1e3, "p90": hi / 1e3, "clock": "do_bench"}
         ts = []
         for _ in range(self.smoke_reps):
             t0 = time.perf_counter()
@@ -876,7 +886,8 @@ def section_network(rep, timer, budget, ceil, dev, args) -> None:
 def us(t: dict | None) -> str:
     if not t:
         return "—"
-    return f"{t['median'] * US:.1f} ({t['p10'] * US:.1f}–{t['p90'] * US:.1f})"
+    mark = " (do_bench)" if t.get("clock") == "do_bench" else ""  # the device clock failed for this row
+    return f"{t['median'] * US:.1f} ({t['p10'] * US:.1f}–{t['p90'] * US:.1f}){mark}"
 
 
 def pct(x: float | None) -> str:

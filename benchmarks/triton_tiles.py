@@ -4,11 +4,13 @@ shapes of triton_kernels.py, next to the tiles `gemm.blocks` picks and a dense b
 what `blocks` was chosen from (benchmarks/RESULTS.md, "GPU kernels"). Every tiling is checked
 exact against a float64 convolution before it is timed.
 
-Tilings are ranked by device time: the GPU's own timestamps of the kernels a call launches (CUPTI,
-through torch.profiler), with L2 flushed before each call, median of CALLS calls. That is what a
-call costs inside a CUDA graph, as the runtime's streaming steps run, and it leaves out the host's
-launch overhead, which a batch-1 layer's few microseconds of work cannot hide. The picked tiles and
-the dense layer are also timed as launched from Python (`triton.testing.do_bench`).
+Tilings are ranked by device time (benchmarks/_device_time.py): the durations of the kernels a call
+launches, from the GPU's clock, L2 flushed before each call. That leaves out the host's launch
+overhead, which a batch-1 layer's few microseconds of work cannot hide and which the CUDA graphs of
+streaming steps remove too (a graph keeps about 1 µs between kernels, and does not flush L2). The
+picked tiles and the dense layer are also timed as launched from Python (`triton.testing.do_bench`),
+and the picked tiles with a warp's lanes along the input's channels, as convolutions' inputs were
+loaded until session 5 (`gemm.lanes_along_rows`), to measure that change.
 
     python benchmarks/triton_tiles.py [--json tiles.json]      # CUDA GPU only; about two minutes
 """
@@ -16,22 +18,20 @@ the dense layer are also timed as launched from Python (`triton.testing.do_bench
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402,F401  (puts the repository root on sys.path)
+import _device_time  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch.autograd import DeviceType  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from hmdf_deploy.runtime.kernels import pack_weight, synapse  # noqa: E402
+from hmdf_deploy.runtime.kernels import gemm, pack_weight, synapse  # noqa: E402
 from hmdf_deploy.runtime.kernels.gemm import Tiles, blocks  # noqa: E402
 
 LAYERS = [("conv3×3 128→128 @32×32", 128, 128, 32, 3), ("conv3×3 256→256 @16×16", 256, 256, 16, 3),
@@ -49,52 +49,24 @@ def name(t: Tiles) -> str:
     return f"{t.m}×{t.n}×{t.k}/{t.warps}w"
 
 
-CALLS = 20
-FLUSH_BYTES = 256 * 2**20  # more than an H200's L2 (50 MB), as do_bench flushes
-
-
-def device_events(fn) -> list:
-    """The GPU activities (kernels, memsets, copies) of running fn once, in order of start."""
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
-
-
-@functools.cache
-def _flush() -> tuple[torch.Tensor, frozenset[str]]:
-    """A buffer larger than L2, and the names of the GPU activities that write it once."""
-    buffer = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device=DEV)
-    return buffer, frozenset(e.name for e in device_events(lambda: buffer.add_(1)))
-
-
 def device_us(fn) -> float | None:
-    """µs of GPU time per call of fn, L2 flushed before each: the summed durations of the
-    activities fn launches, median over CALLS calls; None (and why, printed) where that fails."""
+    """Median µs of GPU time per call (`_device_time`); None, with the reason printed, on failure."""
     try:
-        flush, flush_names = _flush()
-        fn()
-
-        def calls():
-            for _ in range(CALLS):
-                flush.add_(1)  # an elementwise kernel of its own name (a memset might share one with fn)
-                fn()
-
-        per_call, current = [], None
-        for e in device_events(calls):
-            if e.name in flush_names:  # a flush opens the next call
-                if current is not None:
-                    per_call.append(current)
-                current = 0.0
-            elif current is not None:
-                current += e.time_range.end - e.time_range.start
-        per_call.append(current)
-        if len(per_call) != CALLS or not all(per_call):
-            raise RuntimeError(f"{len(per_call)} calls seen in the trace, {CALLS} made")
-        return statistics.median(per_call)
+        return _device_time.summary(_device_time.device_times(fn))["median"] * 1e6
     except Exception as e:  # noqa: BLE001  (a failed measurement costs one cell, not the sweep)
         print(f"device timing failed: {type(e).__name__}: {e}", flush=True)
         return None
+
+
+@contextlib.contextmanager
+def lanes_along_channels():
+    """Synapse calls load every input with a warp's lanes along its channels (before session 5)."""
+    rule = gemm.lanes_along_rows
+    gemm.lanes_along_rows = lambda g: False
+    try:
+        yield
+    finally:
+        gemm.lanes_along_rows = rule
 
 
 def cell(v: float | None) -> str:
@@ -113,8 +85,8 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if DEV == "cuda" else DEV
     print(f"{gpu} · torch {torch.__version__}\n", flush=True)
     print("| layer | B | picked | best | best µs | picked µs | dense bf16 µs | best ÷ dense | picked ÷ dense | "
-          "picked µs, launched | dense µs, launched |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+          "picked µs, launched | dense µs, launched | picked µs, lanes along channels |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     results = []
     for label, cin, cout, hw, k in LAYERS:
         for B in (1, 32):
@@ -139,17 +111,25 @@ def main() -> None:
             dense_w, xb = codes.to(DEV, torch.bfloat16), x.to(torch.bfloat16)
             dense = (lambda: F.linear(xb, dense_w)) if k is None else (lambda: F.conv2d(xb, dense_w, padding=1))
             dense_us = device_us(dense)
+            with lanes_along_channels():
+                old = synapse(x, w, one, zero, tiles=picked, **pad)
+                channels_us = device_us(lambda: synapse(x, w, one, zero, tiles=picked, **pad))
+            if not torch.equal(old, want):
+                channels_us = None
+                print(f"NOT EXACT: {label} B={B} {name(picked)}, lanes along channels", flush=True)
             launched = {"picked": do_bench(lambda: synapse(x, w, one, zero, tiles=picked, **pad)) * 1e3,
                         "dense": do_bench(dense) * 1e3}
             timed = [t for t in times.items() if t[1] is not None]
             best = min(timed, key=lambda t: t[1]) if timed else ("—", None)
             pk = times[name(picked)]
             results.append({"layer": label, "B": B, "picked": name(picked), "device_us": times,
-                            "dense_bf16_device_us": dense_us, "launched_us": launched})
+                            "dense_bf16_device_us": dense_us, "launched_us": launched,
+                            "picked_lanes_along_channels_device_us": channels_us})
             print(f"| {label} | {B} | {name(picked)} | {best[0]} | {cell(best[1])} | {cell(pk)} | {cell(dense_us)} | "
                   f"{ratio(best[1], dense_us)} | {ratio(pk, dense_us)} | {cell(launched['picked'])} | "
-                  f"{cell(launched['dense'])} |", flush=True)
-    print(f"\nµs: device time (CUPTI kernel durations, L2 flushed before each call, median of {CALLS}); "
+                  f"{cell(launched['dense'])} | {cell(channels_us)} |", flush=True)
+    print(f"\nµs: device time (CUPTI kernel durations, L2 flushed before each call, median of "
+          f"{_device_time.CALLS}; benchmarks/_device_time.py); "
           "launched: median of triton.testing.do_bench (CUDA events around the call as launched from Python, "
           "L2 flushed). All tilings, device µs:\n")
     print("| tiles | " + " | ".join(f"{r['layer']} B={r['B']}" for r in results) + " |")

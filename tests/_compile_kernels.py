@@ -1,5 +1,6 @@
 """Compile every variant of the Triton kernels for an NVIDIA H100 / H200 (sm_90) without a GPU, and
-a few for an A100 (sm_80), and print what the PTX shows, one JSON object per variant and target. Run by tests/test_triton_kernels.py in a fresh
+a few for an A100 (sm_80), and print what the PTX, the TTGIR and the cubin show, one JSON object
+per variant and target. Run by tests/test_triton_kernels.py in a fresh
 process without TRITON_INTERPRET (in the interpreter nothing is compiled).
 
 Compiling needs no GPU: Triton lowers to PTX with the target given, and ptxas ships in its wheel.
@@ -53,6 +54,21 @@ def resources(cubin: bytes) -> dict:
     return {"regs": int(re.search(r"REG:(\d+)", usage)[1]), "stack": int(re.search(r"STACK:(\d+)", usage)[1])}
 
 
+def input_lanes(ttgir: str, block_m: int, block_k: int) -> str | None:
+    """Which axis of the synapse's (rows, K) input tile a warp's lanes run along in its global load:
+    "rows" or "channels" (from the load's blocked layout); None where the TTGIR cannot tell (rows
+    and K of one size, or not one such load)."""
+    layouts = {name: [int(n) for n in lanes.split(",")] for name, lanes in
+               re.findall(r"^#(\w+) = #ttg\.blocked<\{[^}]*threadsPerWarp = \[([\d, ]+)\]", ttgir, re.M)}
+    found = set()
+    for a, b, name in re.findall(r"tt\.load .*: tensor<(\d+)x(\d+)x!tt\.ptr<i8>, #(\w+)>", ttgir):
+        shape = (int(a), int(b))
+        if sorted(shape) == sorted((block_m, block_k)) and block_m != block_k:
+            along = shape[layouts[name].index(max(layouts[name]))]  # the axis with most lanes
+            found.add("rows" if along == block_m else "channels")
+    return found.pop() if len(found) == 1 else None
+
+
 def features(ptx: str) -> dict:
     mma = re.findall(r"\b(?:wgmma|mma)\.[\w.]+", ptx)
     return {
@@ -75,12 +91,14 @@ def variants():
             for taps in (True, False):  # K steps tap by tap, or flat over the taps (few channels)
                 yield (f"synapse-{scheme}-{'int' if integer else 'float'}-{'taps' if taps else 'flat'}",
                        gemm._synapse_kernel, ptrs,
-                       dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=taps, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, PIXELS=True))
+                       dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=taps, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32,
+                            PIXELS=True))
     # the tiles `gemm.blocks` picks on a GPU: for 4-bit codes in each of its branches and with the
     # fewest channels, 3×3 convolutions and linear layers (one pixel) of batch 1 and 32; for float32
     # weights (a first layer), both branches
     ptrs = {"x_ptr": "u8", "w_ptr": "u8", "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"}
-    layers = [("trit2", M, channels, 3) for M, channels in ((64, 16), (64, 512), (1024, 128), (2048, 512), (32768, 128))]
+    convs = ((64, 16), (64, 512), (1024, 128), (2048, 512), (32768, 128))
+    layers = [("trit2", M, channels, 3) for M, channels in convs]
     layers += [("trit2", 1, 4096, 1), ("trit2", 32, 4096, 1), ("fp32", 64, 128, 3), ("fp32", 1024, 3, 3)]
     for scheme, M, channels, k in layers:
         w = gemm.PackedWeight(None, scheme, channels, channels, (k, k), channels)
@@ -119,5 +137,6 @@ if __name__ == "__main__":
     for name, fn, ptrs, consts in variants():
         for target in ("sm90", "sm80") if name in SM80 else ("sm90",):
             asm = compile_kernel(fn, ptrs, consts, target)
-            print(json.dumps({"variant": name, "target": target, **features(asm["ptx"]), **resources(asm["cubin"])}),
-                  flush=True)
+            lanes = input_lanes(asm["ttgir"], consts["BLOCK_M"], consts["BLOCK_K"]) if "BLOCK_K" in consts else None
+            print(json.dumps({"variant": name, "target": target, **features(asm["ptx"]), **resources(asm["cubin"]),
+                              "input_lanes": lanes}), flush=True)

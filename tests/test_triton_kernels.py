@@ -274,8 +274,8 @@ GEOMETRIES = [  # (C_in, H, W, O, kh, kw, stride, padding)
     (2, 11, 8, 6, 5, 3, 2, 2),
     (3, 13, 13, 8, 7, 7, 2, 3),
     (40, 5, 6, 9, 3, 3, 1, 1),  # K steps tap by tap, two channel blocks at the small tiles
-    (5, 1, 1, 7, 3, 3, 1, 1),  # a 1×1 map: tiles laid along the channels, as for a linear layer
-    (6, 3, 3, 5, 3, 3, 1, 0),  # a 3×3 map to one pixel: laid along the rows, whose pixels are not neighbours
+    (5, 1, 1, 7, 3, 3, 1, 1),  # a 1×1 map: a warp's lanes along the channels, as for a linear layer
+    (6, 3, 3, 5, 3, 3, 1, 0),  # a 3×3 map to one pixel: along the channels too (consecutive rows are samples)
 ]
 TILES = [None, (16, 16, 32)]  # the interpreter's default tiles, and GPU-sized ones (an int8 dot needs K ≥ 32)
 TILE_IDS = ["default-tiles", "small-tiles"]
@@ -482,8 +482,9 @@ def test_every_kernel_compiles_for_an_nvidia_gpu():
     without the interpreter), the synapse also with each tiling `gemm.blocks` picks on a GPU:
     integer 4-bit codes go through int8 tensor-core MMA, float inputs never through TF32, packed
     weights are read as bytes, 4-bit spikes are stored as bytes, the neuron kernels contain no
-    fused multiply-add (so they round like the torch reference), and the tilings `blocks` picks
-    spill (next to) no registers (ptxas puts spills on the stack)."""
+    fused multiply-add (so they round like the torch reference), and the synapse tilings `blocks`
+    picks spill (next to) no registers (ptxas puts spills on the stack) and load a convolution's
+    input with a warp's lanes along consecutive pixels, a linear layer's along its channels."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = Path(__file__).with_name("_compile_kernels.py")
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
@@ -503,8 +504,12 @@ def test_every_kernel_compiles_for_an_nvidia_gpu():
                 # row-fast input tiles; ptxas 13 (Triton runs it with --regAllocOptLevel=2) may
                 # still park a word or two on the stack at under 100 registers
                 assert ptx["stack"] <= 16, (name, ptx["regs"], ptx["stack"])
+                if ptx["input_lanes"]:  # a warp loads consecutive pixels of a conv's input (coalesced)
+                    assert ptx["input_lanes"] == ("rows" if "-conv-" in name else "channels"), name
         if kind == "fused":
             assert ptx["byte_stores"] == (rest[-1] == "codes"), name
         elif kind != "synapse":
             assert not ptx["fma_f32"], name
             assert ptx["byte_stores"] == (rest[-1] == "codes"), name
+    told = [n for (n, _), v in got.items() if "rows" in n and v["input_lanes"]]
+    assert len(told) >= 5, told  # the layout check above ran on most picked tilings

@@ -20,11 +20,12 @@ import triton.language as tl
 from torch import Tensor
 
 from hmdf_deploy.runtime.kernels.gemm import (
-    SCHEMES, PackedWeight, Tiles, blocks, check_slack, conv_geometry, gather, integer_dot, nchw, scatter, synapse_tile,
-    taps,
+    SCHEMES, PackedWeight, Tiles, blocks, check_slack, conv_geometry, gather, integer_dot, lanes_along_rows, nchw,
+    scatter, synapse_tile, taps,
 )
+from hmdf_deploy.runtime.kernels.grid import cdiv
 from hmdf_deploy.runtime.kernels.neuron import (
-    PARALLEL, NeuronParams, check_state, neuron_step, param_args, spike_code,
+    PARALLEL, NeuronParams, check_state, neuron_step, param_args, spikes_out,
 )
 
 
@@ -57,10 +58,7 @@ def _synapse_neuron_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, s_ptr, v_in_ptr, v_out_
                          KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, PIXELS)
         s, v = neuron_step(i, v, t, ch, th_ptr, th_rows, lk_ptr, lk_rows, lk_cols, k_ptr, c_ptr, in_rows, in_cols,
                            MODEL, AFFINE)
-        if CODES:
-            scatter(s_ptr + j * out_step, here, spike_code(s), mask, PIXELS)
-        else:
-            scatter(s_ptr + j * out_step, here, s, mask, PIXELS)
+        scatter(s_ptr + j * out_step, here, spikes_out(s, CODES), mask, PIXELS)
     if STATE_OUT:
         scatter(v_out_ptr, here, v, mask, PIXELS)
 
@@ -87,7 +85,7 @@ def synapse_neuron(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, p: 
     tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
     check_slack(w, tiles)
     v_in = v.contiguous() if v is not None and stateful else spikes
-    _synapse_neuron_kernel[(triton.cdiv(M, tiles.m), triton.cdiv(w.out_channels, tiles.n))](
+    _synapse_neuron_kernel[(cdiv(M, tiles.m), cdiv(w.out_channels, tiles.n))](
         x.contiguous(), w.data, scale, shift, spikes, v_in, v_out if v_out is not None else spikes,
         *param_args(p), M, w.out_channels, g.Cin, w.tap_channels, g.H, g.W, g.Ho, g.Wo, stride, padding,
         w.data.shape[1],
@@ -95,6 +93,6 @@ def synapse_neuron(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, p: 
         KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w), TAPS=taps(w),
         MODEL=p.model, CODES=p.codes, AFFINE=p.in_scale is not None,
         STATE_IN=v is not None and stateful, STATE_OUT=v_out is not None,
-        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, PIXELS=g.H * g.W > 1, num_warps=tiles.warps,
+        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, PIXELS=lanes_along_rows(g), num_warps=tiles.warps,
         enable_fp_fusion=False)
     return spikes, v_out

@@ -16,11 +16,12 @@ decoded in registers with shifts and masks. With 16 or more input channels a K s
 one tap (dy, dx): the input rows' offsets and padding masks are worked out once per step and the
 channels are a plain stride. Fewer channels (a network's first layer) run over the taps' padded
 codes as one flat K instead, so that a K step is not mostly masked. A warp loads the input tile
-with its lanes along the rows (neighbouring pixels, so the loads coalesce; see `gather`), or along
-the channels for a linear layer. Each step's loads are issued one step ahead. When the input is
-uint8 4-bit codes and the weights are codes, the products go through an int8 dot with an int32
-accumulator: exact, whatever the order (SPEC §6 "additions only"). Otherwise the dot runs in
-float32 ("ieee", no TF32) so results match the torch reference to float rounding.
+with its lanes along the rows (consecutive output pixels, whose inputs lie a stride apart, so the
+loads coalesce; see `gather`), or along the channels for a linear layer. Each step's loads are
+issued one step ahead. When the input is uint8 4-bit codes and the weights are codes, the products
+go through an int8 dot with an int32 accumulator: exact, whatever the order (SPEC §6 "additions
+only"). Otherwise the dot runs in float32 ("ieee", no TF32) so results match the torch reference
+to float rounding.
 The epilogue applies the per-(t, channel) affine: rows n of step t = t0 + n // rows_per_step.
 """
 
@@ -36,6 +37,7 @@ from torch import Tensor
 
 from hmdf_deploy.deploy.pack import pack
 from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.runtime.kernels.grid import cdiv, next_power_of_2
 
 SCHEMES = {"fp32": 0, "sign1": 1, "trit2": 2}
 _SCHEME_OF = {"fp32": "fp32", "1bit": "sign1", "1.5bit": "trit2"}
@@ -86,7 +88,7 @@ def pack_weight(weight: Tensor, weights: str, device: torch.device | str = "cpu"
 
 def check_slack(w: PackedWeight, tiles: Tiles) -> None:
     """The kernel reads up to 2 · BLOCK_K / (codes per byte) ≤ SLACK bytes past the last packed row."""
-    if not 16 <= tiles.k <= MAX_BLOCK_K or tiles.k != triton.next_power_of_2(tiles.k):
+    if not 16 <= tiles.k <= MAX_BLOCK_K or tiles.k != next_power_of_2(tiles.k):
         raise ValueError(f"BLOCK_K must be a power of two from 16 to {MAX_BLOCK_K}, not {tiles.k}")
     if w.scheme != "fp32":
         room = w.data.untyped_storage().nbytes() - w.data.storage_offset() - w.data.numel()
@@ -97,12 +99,12 @@ def check_slack(w: PackedWeight, tiles: Tiles) -> None:
 @triton.jit
 def gather(ptr, off, mask, PIXELS: tl.constexpr):
     """The (BLOCK_M, n) tile at offsets `off` from ptr (0 where masked off), rows m = (sample,
-    pixel). Each lane of a warp loads one element, and which of the tile's two axes the lanes run
-    along decides whether a warp's loads coalesce. PIXELS (the maps have more than one pixel):
-    along the rows, whose pixels are neighbours in NCHW memory; the tile is loaded as its
-    transpose for that, which also leaves each thread one row's offsets and masks to hold rather
-    than all BLOCK_M of them (sm_90: the tilings `blocks` picks take up to half the registers
-    and no longer spill). Otherwise (one pixel: a linear layer) along the channels."""
+    output pixel). Each lane of a warp loads one element, and which of the tile's two axes the
+    lanes run along decides whether a warp's loads coalesce. PIXELS (see `lanes_along_rows`):
+    along the rows, consecutive output pixels, which lie a stride apart in NCHW memory; the tile
+    is loaded as its transpose for that, which also leaves each thread one row's offsets and masks
+    to hold rather than all BLOCK_M of them (sm_90: the `synapse` tilings `blocks` picks take up to
+    half the registers and no longer spill). Otherwise (a linear layer) along the channels."""
     if PIXELS:
         return tl.trans(tl.load(ptr + tl.trans(off), mask=tl.trans(mask), other=0))
     return tl.load(ptr + off, mask=mask, other=0)
@@ -267,12 +269,13 @@ def blocks(M: int, w: PackedWeight, interpreted: bool = False) -> Tiles:
     On a GPU, from two sweeps on an H200 (benchmarks/triton_tiles.py, RESULTS.md "GPU kernels"):
     wide tiles with 8 warps for many rows; for few rows (batch 1) small tiles with long K steps, so
     the layer still spreads over the SMs. Unpacked float32 weights (a network's first layer) keep
-    the 64×64×32 tiles of the first measurements (the wide ones made them 12× slower), on 8 warps:
-    their float dot holds a copy of its operands per thread, and on 4 warps it spilled registers
-    (680 bytes a thread, sm_90; none on 8). The interpreter runs each program in Python, so there
-    the largest tiles (fewest programs) are fastest."""
+    the 64×64×32 tiles of the first measurements (the wide ones made them 12× slower), on 8 warps,
+    and K steps of 32 when few rows: their float dot holds a copy of its operands per thread, and
+    it spilled registers on 4 warps (680 bytes a thread, sm_90; none on 8) and at K = 128 (248).
+    The interpreter runs each program in Python, so there the largest tiles (fewest programs) are
+    fastest."""
     def fit(n: int, high: int, low: int = 16) -> int:  # tl.dot needs 16+ rows and columns, an int8 one K ≥ 32
-        return max(low, min(high, triton.next_power_of_2(max(n, 1))))
+        return max(low, min(high, next_power_of_2(max(n, 1))))
 
     O = w.out_channels
     per_step = w.in_channels if taps(w) else w.kernel[0] * w.kernel[1] * w.tap_channels  # what a K loop runs over
@@ -318,6 +321,13 @@ def conv_geometry(x: Tensor, w: PackedWeight, stride: int, padding: int, steps: 
     return Geometry(N, Cin, H, W, Ho, Wo, (N, O) if linear else (N, O, Ho, Wo))
 
 
+def lanes_along_rows(g: Geometry) -> bool:
+    """The kernels' PIXELS: whether a warp's lanes run along a tile's rows (output pixels: when a
+    sample has more than one, consecutive rows are neighbouring pixels in memory) or along its
+    channels (one pixel per sample, as in a linear layer: then the channels are the neighbours)."""
+    return g.Ho * g.Wo > 1
+
+
 def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride: int = 1, padding: int = 0,
             t0: int = 0, steps: int = 1, tiles: Tiles | None = None) -> Tensor:
     """scale_t ⊙ (W ⊛ x) + shift_t for x (N, C, H, W) (conv) or (N, K) (linear), float32 or uint8 codes.
@@ -335,12 +345,12 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
     scale, shift = (t.contiguous() for t in torch.broadcast_tensors(scale, shift))
     tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
     check_slack(w, tiles)
-    _synapse_kernel[(triton.cdiv(M, tiles.m), triton.cdiv(w.out_channels, tiles.n))](
+    _synapse_kernel[(cdiv(M, tiles.m), cdiv(w.out_channels, tiles.n))](
         x.contiguous(), w.data, scale, shift, out,
         M, w.out_channels, g.Cin, w.tap_channels, g.H, g.W, g.Ho, g.Wo, stride, padding, w.data.shape[1],
         M // steps, t0, scale.shape[0], scale.shape[1],
         KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w), TAPS=taps(w),
-        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, PIXELS=g.H * g.W > 1, num_warps=tiles.warps,
+        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, PIXELS=lanes_along_rows(g), num_warps=tiles.warps,
         enable_fp_fusion=False)  # the epilogue rounds like torch: a multiply, then an add
     return out
 

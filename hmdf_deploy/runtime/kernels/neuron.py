@@ -29,6 +29,7 @@ from torch import Tensor
 
 from hmdf_deploy.deploy.graph import Neuron
 from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.runtime.kernels.grid import cdiv
 
 HMDF, LIF, PARALLEL = 0, 1, 2
 _MODELS = {"hmdf": HMDF, "lif": LIF, "parallel": PARALLEL}
@@ -101,11 +102,18 @@ def neuron_step(x, v, t, ch, th_ptr, th_rows, lk_ptr, lk_rows, lk_cols, k_ptr, c
 
 
 @triton.jit
-def store_spikes(ptr, s, mask, CODES: tl.constexpr):
-    if CODES:
-        tl.store(ptr, spike_code(s), mask=mask)
+def spikes_out(s, CODES: tl.constexpr):
+    """What is stored of spikes s: their 4-bit codes (uint8), or themselves (float32)."""
+    if CODES:  # a constexpr: only one branch is compiled, so `out` has one type
+        out = spike_code(s)
     else:
-        tl.store(ptr, s, mask=mask)
+        out = s
+    return out
+
+
+@triton.jit
+def store_spikes(ptr, s, mask, CODES: tl.constexpr):
+    tl.store(ptr, spikes_out(s, CODES), mask=mask)
 
 
 @triton.jit
@@ -206,7 +214,7 @@ def neuron_steps(i: Tensor, p: NeuronParams, t0: int = 0, v: Tensor | None = Non
     v_out = torch.empty(i.shape[1:], dtype=torch.float32, device=i.device) if keep_state and stateful else None
     if N and i.shape[0]:
         v_in = v.contiguous() if v is not None and stateful else i
-        _steps_kernel[(triton.cdiv(N, block),)](
+        _steps_kernel[(cdiv(N, block),)](
             i, s, v_in, v_out if v_out is not None else i, *param_args(p), N, C, S, i.shape[0], t0,
             MODEL=p.model, CODES=p.codes, AFFINE=p.in_scale is not None,
             STATE_IN=v is not None and stateful, STATE_OUT=v_out is not None, BLOCK=block, enable_fp_fusion=False)
@@ -224,7 +232,7 @@ def neuron_scan(i: Tensor, p: NeuronParams, block_t: int = 16, block_n: int = 25
     i = i.to(torch.float32).contiguous()
     s = _spikes(i, p)
     if N and i.shape[0]:
-        _scan_kernel[(triton.cdiv(N, block_n),)](
+        _scan_kernel[(cdiv(N, block_n),)](
             i, s, *param_args(p), N, C, S, i.shape[0],
             CODES=p.codes, AFFINE=p.in_scale is not None, BLOCK_T=block_t, BLOCK_N=block_n, enable_fp_fusion=False)
     return s
