@@ -1,8 +1,9 @@
 """Tile sizes of the packed synapse kernel on a CUDA GPU: the time of `synapse` (trit2 weights,
-uint8 4-bit codes in, the int8 dot) for each `Tiles(BLOCK_M, BLOCK_N, BLOCK_K, warps)` on the layer
-shapes of triton_kernels.py, next to the tiles `gemm.blocks` picks and a dense bf16 layer. It is
-what `blocks` was chosen from (benchmarks/RESULTS.md, "GPU kernels"). Every tiling is checked
-exact against a float64 convolution before it is timed.
+uint8 4-bit codes in, the int8 dot) for each `Tiles(BLOCK_M, BLOCK_N, BLOCK_K, warps, split)` on the
+layer shapes of triton_kernels.py, next to the tiles `gemm.blocks` picks and a dense bf16 layer. It
+is what `blocks` was chosen from (benchmarks/RESULTS.md, "GPU kernels"). Every tiling is checked
+exact against a float64 convolution before it is timed. Tilings that split the K steps over
+programs (`blocks` picks none yet) are timed at batch 1 only, their two kernels together.
 
 Tilings are ranked by device time (benchmarks/_device_time.py): the durations of the kernels a call
 launches, from the GPU's clock, L2 flushed before each call. That leaves out the host's launch
@@ -42,11 +43,13 @@ TILES = [Tiles(*t) for t in [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps)
     (32, 32, 128, 4), (32, 32, 64, 4), (16, 32, 128, 4), (16, 16, 128, 4), (16, 16, 256, 4), (16, 32, 256, 4),
     # more weight bytes per K step for one-row layers, now that those bytes load as words (session 4)
     (16, 64, 128, 4), (16, 64, 256, 4), (16, 128, 128, 8),
+    # K steps split over programs, for batch 1 only: more programs, shorter K loops (session 5)
+    (16, 16, 128, 4, 4), (16, 16, 128, 4, 8), (16, 64, 128, 4, 8), (32, 32, 128, 4, 4), (32, 32, 64, 4, 8),
 ]]
 
 
 def name(t: Tiles) -> str:
-    return f"{t.m}×{t.n}×{t.k}/{t.warps}w"
+    return f"{t.m}×{t.n}×{t.k}/{t.warps}w" + (f" split {t.split}" if t.split > 1 else "")
 
 
 def device_us(fn) -> float | None:
@@ -102,6 +105,8 @@ def main() -> None:
             picked = blocks(M, w)
             times = {}
             for tiles in dict.fromkeys([*TILES, picked]):  # the picked tiles once, even when listed
+                if tiles.split > 1 and B > 1:
+                    continue
                 got = synapse(x, w, one, zero, tiles=tiles, **pad)
                 if not torch.equal(got, want):
                     times[name(tiles)] = None

@@ -87,16 +87,16 @@ def variants():
     for scheme, code in gemm.SCHEMES.items():
         for integer in (False, True) if scheme != "fp32" else (False,):
             ptrs = {"x_ptr": "u8" if integer else "fp32", "w_ptr": "fp32" if scheme == "fp32" else "u8",
-                    "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"}
+                    "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32", "part_ptr": "fp32"}
             for taps in (True, False):  # K steps tap by tap, or flat over the taps (few channels)
                 yield (f"synapse-{scheme}-{'int' if integer else 'float'}-{'taps' if taps else 'flat'}",
                        gemm._synapse_kernel, ptrs,
                        dict(KH=3, KW=3, SCHEME=code, INT=integer, TAPS=taps, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32,
-                            PIXELS=True))
+                            PIXELS=True, SPLIT=1))
     # the tiles `gemm.blocks` picks on a GPU: for 4-bit codes in each of its branches and with the
     # fewest channels, 3×3 convolutions and linear layers (one pixel) of batch 1 and 32; for float32
     # weights (a first layer), both branches
-    ptrs = {"x_ptr": "u8", "w_ptr": "u8", "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"}
+    ptrs = {"x_ptr": "u8", "w_ptr": "u8", "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32", "part_ptr": "fp32"}
     convs = ((64, 16), (64, 512), (1024, 128), (2048, 512), (32768, 128))
     layers = [("trit2", M, channels, 3) for M, channels in convs]
     layers += [("trit2", 1, 4096, 1), ("trit2", 32, 4096, 1), ("fp32", 64, 128, 3), ("fp32", 1024, 3, 3)]
@@ -108,7 +108,15 @@ def variants():
                f"channels{channels}", gemm._synapse_kernel,
                {**ptrs, "x_ptr": "u8" if integer else "fp32", "w_ptr": "u8" if integer else "fp32"},
                dict(KH=k, KW=k, SCHEME=gemm.SCHEMES[scheme], INT=integer, TAPS=gemm.taps(w), BLOCK_M=t.m,
-                    BLOCK_N=t.n, BLOCK_K=t.k, PIXELS=k > 1, num_warps=t.warps, divisible=("Cp", "row_len")))
+                    BLOCK_N=t.n, BLOCK_K=t.k, PIXELS=k > 1, SPLIT=1, num_warps=t.warps,
+                    divisible=("Cp", "row_len")))
+    # K steps split over 4 programs (batch-1 tiles), int32 parts added by a second kernel
+    yield ("synapse-trit2-int-conv-split4", gemm._synapse_kernel, {**ptrs, "part_ptr": "i32"},
+           dict(KH=3, KW=3, SCHEME=2, INT=True, TAPS=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=128, PIXELS=True, SPLIT=4,
+                divisible=("Cp", "row_len")))
+    yield ("splitsum-float", gemm._split_sum_kernel,
+           {"part_ptr": "i32", "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"},
+           dict(SPLIT=4, BLOCK_M=32, BLOCK_N=32, PIXELS=True))
     models = (("hmdf", neuron.HMDF), ("lif", neuron.LIF), ("parallel", neuron.PARALLEL))
     f32 = dict.fromkeys(["sc_ptr", "sh_ptr", "v_in_ptr", "v_out_ptr", "th_ptr", "lk_ptr", "k_ptr", "c_ptr"], "fp32")
     for scheme, code in gemm.SCHEMES.items():

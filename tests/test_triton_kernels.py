@@ -277,8 +277,10 @@ GEOMETRIES = [  # (C_in, H, W, O, kh, kw, stride, padding)
     (5, 1, 1, 7, 3, 3, 1, 1),  # a 1×1 map: a warp's lanes along the channels, as for a linear layer
     (6, 3, 3, 5, 3, 3, 1, 0),  # a 3×3 map to one pixel: along the channels too (consecutive rows are samples)
 ]
-TILES = [None, (16, 16, 32)]  # the interpreter's default tiles, and GPU-sized ones (an int8 dot needs K ≥ 32)
-TILE_IDS = ["default-tiles", "small-tiles"]
+# the interpreter's default tiles, GPU-sized ones (an int8 dot needs K ≥ 32), and those with the K
+# steps split over 3 programs (shares of unequal length, some empty where a layer has < 3 steps)
+TILES = [None, (16, 16, 32), (16, 16, 32, 4, 3)]
+TILE_IDS = ["default-tiles", "small-tiles", "split-tiles"]
 
 
 @pytest.mark.parametrize("tiles", TILES, ids=TILE_IDS)
@@ -364,6 +366,8 @@ def test_weights_without_slack_or_odd_k_steps_are_refused():
     for k in (8, 48, 512):
         with pytest.raises(ValueError, match=f"power of two from 16 to 256, not {k}"):
             synapse(x, w, scale, shift, tiles=(16, 16, k))
+    with pytest.raises(ValueError, match="split over 0 programs: it must be 1 or more"):
+        synapse(x, w, scale, shift, tiles=(16, 16, 32, 4, 0))
 
 
 def test_synapse_errors_and_empty_batch():
@@ -490,7 +494,7 @@ def test_every_kernel_compiles_for_an_nvidia_gpu():
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     got = {(v.pop("variant"), v.pop("target")): v for v in map(json.loads, done.stdout.splitlines())}
-    assert len(got) == 42 + 5, sorted(got)
+    assert len(got) == 44 + 5, sorted(got)
     for (name, target), ptx in got.items():
         kind, *rest = name.split("-")
         if target == "sm80":  # an A100 has no wgmma: the integer dot is mma.sync on int8

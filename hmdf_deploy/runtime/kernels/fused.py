@@ -20,12 +20,12 @@ import triton.language as tl
 from torch import Tensor
 
 from hmdf_deploy.runtime.kernels.gemm import (
-    SCHEMES, PackedWeight, Tiles, blocks, check_slack, conv_geometry, gather, integer_dot, lanes_along_rows, nchw,
-    scatter, synapse_tile, taps,
+    SCHEMES, PackedWeight, Tiles, blocks, check_tiles, conv_geometry, gather, integer_dot, lanes_along_rows, nchw,
+    scatter, synapse, synapse_tile, taps,
 )
 from hmdf_deploy.runtime.kernels.grid import cdiv
 from hmdf_deploy.runtime.kernels.neuron import (
-    PARALLEL, NeuronParams, check_state, neuron_step, param_args, spikes_out,
+    PARALLEL, NeuronParams, check_state, neuron_step, neuron_steps, param_args, spikes_out,
 )
 
 
@@ -69,21 +69,25 @@ def synapse_neuron(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, p: 
     """`neuron_steps(synapse(x, …), p, t0, v)` in one kernel. x holds `steps` consecutive time steps
     of B samples ((steps·B, C, H, W) or (steps·B, K)), starting at step t0; v is the membrane
     (B, O, Ho, Wo) before them (None: 0). Returns the spikes (steps·B, O, …) (uint8 codes or float32)
-    and, when `keep_state` and the neuron is stateful, the membrane after the last step."""
+    and, when `keep_state` and the neuron is stateful, the membrane after the last step. Tiles that
+    split the K steps run as the two kernels: a neuron needs whole sums."""
     g = conv_geometry(x, w, stride, padding, steps)
-    B = g.N // steps
-    spikes = torch.empty(g.out_shape, dtype=torch.uint8 if p.codes else torch.float32, device=x.device)
-    stateful = p.model != PARALLEL
+    B, stateful = g.N // steps, p.model != PARALLEL
     check_state(v, (B, *g.out_shape[1:]))
-    v_out = torch.empty((B, *g.out_shape[1:]), dtype=torch.float32, device=x.device) if keep_state and stateful else None
     M = B * g.Ho * g.Wo
+    tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
+    check_tiles(w, tiles)
+    if tiles.split > 1:  # the neuron needs whole sums: the split synapse, then the neuron kernel
+        i = synapse(x, w, scale, shift, stride=stride, padding=padding, t0=t0, steps=steps, tiles=tiles)
+        s, v_out = neuron_steps(i.reshape(steps, B, *i.shape[1:]), p, t0, v, keep_state)
+        return s.reshape(i.shape), v_out
+    spikes = torch.empty(g.out_shape, dtype=torch.uint8 if p.codes else torch.float32, device=x.device)
+    v_out = torch.empty((B, *g.out_shape[1:]), dtype=torch.float32, device=x.device) if keep_state and stateful else None
     if M == 0:
         if v_out is not None:
             v_out.copy_(v if v is not None else torch.zeros_like(v_out))
         return spikes, v_out
     scale, shift = (t.contiguous() for t in torch.broadcast_tensors(scale, shift))
-    tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
-    check_slack(w, tiles)
     v_in = v.contiguous() if v is not None and stateful else spikes
     _synapse_neuron_kernel[(cdiv(M, tiles.m), cdiv(w.out_channels, tiles.n))](
         x.contiguous(), w.data, scale, shift, spikes, v_in, v_out if v_out is not None else spikes,

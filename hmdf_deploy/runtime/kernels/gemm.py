@@ -86,10 +86,13 @@ def pack_weight(weight: Tensor, weights: str, device: torch.device | str = "cpu"
     return PackedWeight(buffer[:data.numel()].view(O, -1), scheme, O, C, kernel, cp)
 
 
-def check_slack(w: PackedWeight, tiles: Tiles) -> None:
-    """The kernel reads up to 2 · BLOCK_K / (codes per byte) ≤ SLACK bytes past the last packed row."""
+def check_tiles(w: PackedWeight, tiles: Tiles) -> None:
+    """Tiles the kernels can run, on weights with room after them: a K loop reads up to
+    2 · BLOCK_K / (codes per byte) ≤ SLACK bytes past the last packed row."""
     if not 16 <= tiles.k <= MAX_BLOCK_K or tiles.k != next_power_of_2(tiles.k):
         raise ValueError(f"BLOCK_K must be a power of two from 16 to {MAX_BLOCK_K}, not {tiles.k}")
+    if tiles.split < 1:
+        raise ValueError(f"the K steps split over {tiles.split} programs: it must be 1 or more")
     if w.scheme != "fp32":
         room = w.data.untyped_storage().nbytes() - w.data.storage_offset() - w.data.numel()
         if not w.data.is_contiguous() or room < SLACK:
@@ -184,12 +187,19 @@ def _decoded(w, SCHEME: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constex
 
 
 @triton.jit
-def _accumulate(x_ptr, w_ptr, m, o, mmask, omask,
+def k_steps(Cin, Cp, KH: tl.constexpr, KW: tl.constexpr, TAPS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """How many K steps of BLOCK_K a synapse takes (see `_operands`)."""
+    return KH * KW * tl.cdiv(Cin, BLOCK_K) if TAPS else tl.cdiv(KH * KW * Cp, BLOCK_K)
+
+
+@triton.jit
+def _accumulate(x_ptr, w_ptr, m, o, mmask, omask, first, last,
                 Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
                 KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PIXELS: tl.constexpr):
-    """Σ_k x ⋅ W for output rows m (sample, y, x) and channels o: an exact int32 (BLOCK_M, BLOCK_N)
-    tile on integer codes, else float32."""
+    """Σ x ⋅ W over K steps first ≤ s < last (last ≤ the synapse's steps) for output rows m
+    (sample, y, x) and channels o: an exact int32 (BLOCK_M, BLOCK_N) tile on integer codes, else
+    float32."""
     P = Ho * Wo
     n, p = m // P, m % P
     ih0 = (p // Wo) * stride - pad
@@ -199,13 +209,12 @@ def _accumulate(x_ptr, w_ptr, m, o, mmask, omask,
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    steps = KH * KW * tl.cdiv(Cin, BLOCK_K) if TAPS else tl.cdiv(KH * KW * Cp, BLOCK_K)
     # Each step's loads are issued a step early, the tiles waiting in registers: byte loads are too
     # narrow for the asynchronous copies of Triton's own pipelining, so this hides their latency.
-    xt, wt = _operands(x_ptr, x_row, w_ptr, 0, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
+    xt, wt = _operands(x_ptr, x_row, w_ptr, first, last, ih0, iw0, mmask, o, omask, Cin, Cp, H, W, row_len,
                        KH, KW, SCHEME, TAPS, BLOCK_K, PIXELS)
-    for s in range(steps):
-        x_next, w_next = _operands(x_ptr, x_row, w_ptr, s + 1, steps, ih0, iw0, mmask, o, omask, Cin, Cp, H, W,
+    for s in range(first, last):
+        x_next, w_next = _operands(x_ptr, x_row, w_ptr, s + 1, last, ih0, iw0, mmask, o, omask, Cin, Cp, H, W,
                                    row_len, KH, KW, SCHEME, TAPS, BLOCK_K, PIXELS)
         w = _decoded(wt, SCHEME, BLOCK_K, BLOCK_N)
         if INT:
@@ -223,8 +232,15 @@ def synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, step,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PIXELS: tl.constexpr):
     """The (BLOCK_M, BLOCK_N) tile scale_t ⊙ (W ⊛ x) + shift_t, float32, for output rows m (sample,
     y, x) and channels o, with `step` (BLOCK_M,) the time step of each row."""
-    acc = _accumulate(x_ptr, w_ptr, m, o, mmask, omask, Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
+    acc = _accumulate(x_ptr, w_ptr, m, o, mmask, omask, 0, k_steps(Cin, Cp, KH, KW, TAPS, BLOCK_K),
+                      Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
                       KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, PIXELS)
+    return _affine(acc, sc_ptr, sh_ptr, o, mmask, omask, step, aff_rows, aff_cols)
+
+
+@triton.jit
+def _affine(acc, sc_ptr, sh_ptr, o, mmask, omask, step, aff_rows, aff_cols):
+    """scale_t ⊙ acc + shift_t in float32, `step` (BLOCK_M,) the time step of each row."""
     row = tl.minimum(step, aff_rows - 1)[:, None]
     col = tl.where(aff_cols > 1, o, 0)[None, :]
     mask = mmask[:, None] & omask[None, :]
@@ -234,28 +250,58 @@ def synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, step,
 
 
 @triton.jit(do_not_specialize=["t0"])  # one compiled kernel for every step of a stream
-def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr,
+def _synapse_kernel(x_ptr, w_ptr, sc_ptr, sh_ptr, out_ptr, part_ptr,
                     M, O, Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
                     rows_per_step, t0, aff_rows, aff_cols,
                     KH: tl.constexpr, KW: tl.constexpr, SCHEME: tl.constexpr, INT: tl.constexpr, TAPS: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PIXELS: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PIXELS: tl.constexpr,
+                    SPLIT: tl.constexpr):
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask, omask = m < M, o < O
-    y = synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, t0 + m // rows_per_step,
-                     Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
-                     KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, PIXELS)
-    scatter(out_ptr, nchw(m, o, O, Ho * Wo), y, mmask[:, None] & omask[None, :], PIXELS)
+    if SPLIT == 1:
+        y = synapse_tile(x_ptr, w_ptr, sc_ptr, sh_ptr, m, o, mmask, omask, t0 + m // rows_per_step,
+                         Cin, Cp, H, W, Ho, Wo, stride, pad, row_len, aff_rows, aff_cols,
+                         KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, PIXELS)
+        scatter(out_ptr, nchw(m, o, O, Ho * Wo), y, mmask[:, None] & omask[None, :], PIXELS)
+    else:  # this program's share of the K steps, added to the others' by `_split_sum_kernel`
+        steps = k_steps(Cin, Cp, KH, KW, TAPS, BLOCK_K)
+        share = tl.cdiv(steps, SPLIT)
+        first = tl.minimum(tl.program_id(2) * share, steps)  # a share past the end is empty, its loads masked
+        acc = _accumulate(x_ptr, w_ptr, m, o, mmask, omask, first, tl.minimum(first + share, steps),
+                          Cin, Cp, H, W, Ho, Wo, stride, pad, row_len,
+                          KH, KW, SCHEME, INT, TAPS, BLOCK_M, BLOCK_N, BLOCK_K, PIXELS)
+        part = part_ptr + (tl.program_id(2) * M + m[:, None]) * O + o[None, :]
+        tl.store(part, acc, mask=mmask[:, None] & omask[None, :])
+
+
+@triton.jit(do_not_specialize=["t0"])
+def _split_sum_kernel(part_ptr, sc_ptr, sh_ptr, out_ptr, M, O, P, rows_per_step, t0, aff_rows, aff_cols,
+                      SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIXELS: tl.constexpr):
+    """The (SPLIT, M, O) partial sums added in a fixed order (exact on int32), then the epilogue."""
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask, omask = m < M, o < O
+    mask = mmask[:, None] & omask[None, :]
+    here = m[:, None] * O + o[None, :]
+    acc = tl.load(part_ptr + here, mask=mask, other=0)
+    for j in tl.static_range(1, SPLIT):
+        acc += tl.load(part_ptr + j * M * O + here, mask=mask, other=0)
+    y = _affine(acc, sc_ptr, sh_ptr, o, mmask, omask, t0 + m // rows_per_step, aff_rows, aff_cols)
+    scatter(out_ptr, nchw(m, o, O, P), y, mask, PIXELS)
 
 
 class Tiles(NamedTuple):
-    """A synapse launch's block sizes (BLOCK_M rows × BLOCK_N channels, K steps of BLOCK_K) and warps
-    per program (ignored by the interpreter)."""
+    """A synapse launch's block sizes (BLOCK_M rows × BLOCK_N channels, K steps of BLOCK_K), warps
+    per program (ignored by the interpreter), and over how many programs a tile's K steps are split
+    (`synapse`: each adds up its share, a second small kernel adds the shares; for layers with few
+    rows, whose K loop is otherwise long and their programs few)."""
 
     m: int
     n: int
     k: int
     warps: int = 4
+    split: int = 1
 
 
 def taps(w: PackedWeight) -> bool:
@@ -344,14 +390,22 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
     # one (R, O') layout for both (no copy when they already share it, as the backend's do)
     scale, shift = (t.contiguous() for t in torch.broadcast_tensors(scale, shift))
     tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
-    check_slack(w, tiles)
-    _synapse_kernel[(cdiv(M, tiles.m), cdiv(w.out_channels, tiles.n))](
-        x.contiguous(), w.data, scale, shift, out,
+    check_tiles(w, tiles)
+    integer, pixels = integer_dot(x, w), lanes_along_rows(g)
+    # split: the parts (split, M, O), int32 on codes (exact whatever the order), else float32
+    part = torch.empty((tiles.split, M, w.out_channels), dtype=torch.int32 if integer else torch.float32,
+                       device=x.device) if tiles.split > 1 else out
+    _synapse_kernel[(cdiv(M, tiles.m), cdiv(w.out_channels, tiles.n), tiles.split)](
+        x.contiguous(), w.data, scale, shift, out, part,
         M, w.out_channels, g.Cin, w.tap_channels, g.H, g.W, g.Ho, g.Wo, stride, padding, w.data.shape[1],
         M // steps, t0, scale.shape[0], scale.shape[1],
-        KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer_dot(x, w), TAPS=taps(w),
-        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, PIXELS=lanes_along_rows(g), num_warps=tiles.warps,
+        KH=w.kernel[0], KW=w.kernel[1], SCHEME=SCHEMES[w.scheme], INT=integer, TAPS=taps(w),
+        BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k, PIXELS=pixels, SPLIT=tiles.split, num_warps=tiles.warps,
         enable_fp_fusion=False)  # the epilogue rounds like torch: a multiply, then an add
+    if tiles.split > 1:
+        _split_sum_kernel[(cdiv(M, 32), cdiv(w.out_channels, 32))](
+            part, scale, shift, out, M, w.out_channels, g.Ho * g.Wo, M // steps, t0, scale.shape[0], scale.shape[1],
+            SPLIT=tiles.split, BLOCK_M=32, BLOCK_N=32, PIXELS=pixels, enable_fp_fusion=False)
     return out
 
 
