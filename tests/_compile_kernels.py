@@ -114,7 +114,7 @@ def variants():
     yield ("synapse-trit2-int-conv-split4", gemm._synapse_kernel, {**ptrs, "part_ptr": "i32"},
            dict(KH=3, KW=3, SCHEME=2, INT=True, TAPS=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=128, PIXELS=True, SPLIT=4,
                 divisible=("Cp", "row_len")))
-    yield ("splitsum-float", gemm._split_sum_kernel,
+    yield ("splitsum-int32parts", gemm._split_sum_kernel,
            {"part_ptr": "i32", "sc_ptr": "fp32", "sh_ptr": "fp32", "out_ptr": "fp32"},
            dict(SPLIT=4, BLOCK_M=32, BLOCK_N=32, PIXELS=True))
     models = (("hmdf", neuron.HMDF), ("lif", neuron.LIF), ("parallel", neuron.PARALLEL))

@@ -339,7 +339,8 @@ def test_weights_stay_packed(weights, scheme, per_byte):
             assert torch.equal(unpack(row, per_tap * per_byte, scheme)[:7], weight[o, :, tap // 3, tap % 3])
 
 
-@pytest.mark.parametrize("tiles", [(16, 16, 32), (16, 16, 256)], ids=["k32", "k256"])
+@pytest.mark.parametrize("tiles", [(16, 16, 32), (16, 16, 256), (16, 16, 32, 4, 3), (16, 16, 32, 4, 16)],
+                         ids=["k32", "k256", "k32-split3", "k32-split16"])  # 16 shares: more than the steps
 @pytest.mark.parametrize("weights", ["1.5bit", "1bit"])
 def test_bytes_read_past_a_step_change_nothing(weights, tiles):
     """K steps read whole bytes unmasked along K: past a tap's last channel (the next tap's codes)
@@ -366,8 +367,9 @@ def test_weights_without_slack_or_odd_k_steps_are_refused():
     for k in (8, 48, 512):
         with pytest.raises(ValueError, match=f"power of two from 16 to 256, not {k}"):
             synapse(x, w, scale, shift, tiles=(16, 16, k))
-    with pytest.raises(ValueError, match="split over 0 programs: it must be 1 or more"):
-        synapse(x, w, scale, shift, tiles=(16, 16, 32, 4, 0))
+    for split in (0, 65):
+        with pytest.raises(ValueError, match=f"split over {split} programs: it must be 1 to 64"):
+            synapse(x, w, scale, shift, tiles=(16, 16, 32, 4, split))
 
 
 def test_synapse_errors_and_empty_batch():
@@ -390,6 +392,9 @@ def test_too_large_for_int32_offsets_is_one_error(monkeypatch):
     w = pack_weight(torch.ones(4, 3, 3, 3, dtype=torch.int8), "1bit")
     with pytest.raises(HmdfError, match="2\\*\\*31.*smaller batch"):
         synapse(torch.zeros(2, 3, 5, 5), w, torch.ones(1, 4), torch.zeros(1, 4))
+    monkeypatch.setattr(gemm, "MAX_NUMEL", 40)  # x (27) and the output (36) fit, 2 parts of it (72) do not
+    with pytest.raises(HmdfError, match=r"2 partial sums .* \(2\*\*31\); use fewer splits"):
+        synapse(torch.zeros(1, 3, 3, 3), w, torch.ones(1, 4), torch.zeros(1, 4), padding=1, tiles=(16, 16, 32, 4, 2))
     p = NeuronParams.from_node(neuron("hmdf", "float", 1, "C", False, torch.Generator().manual_seed(0)), "cpu")
     with pytest.raises(HmdfError, match="2\\*\\*31.*smaller batch"):
         neuron_steps(torch.zeros(1, *SHAPE), p)
@@ -429,6 +434,29 @@ def test_fused_synapse_neuron_equals_the_two_kernels(layer, model, spikes, weigh
         assert v is None and got_v is None
     else:
         assert torch.equal(v, want_v) and torch.equal(got_v, want_v)
+
+
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_split_tiles_give_what_the_fused_kernel_gives(layer):
+    """Tiles that split the K steps run as the split synapse and then the neuron kernel: on codes,
+    exactly the spikes and membranes of the one fused kernel, over a sequence and step by step."""
+    g = torch.Generator().manual_seed(21)
+    steps, batch, O = 4, 2, 11
+    shape, geometry = ((20, 6, 5), {"padding": 1}) if layer == "conv" else ((70,), {})
+    packed = pack_weight(codes_for("1.5bit", (O, shape[0], 3, 3) if layer == "conv" else (O, shape[0]), g), "1.5bit")
+    x = activations("codes", (steps * batch, *shape), g)
+    scale, shift = torch.rand(steps, O, generator=g) + 0.2, torch.randn(1, O, generator=g)
+    p = NeuronParams.from_node(neuron("hmdf", "4bit", 4, "mixed", True, g, C=O), "cpu")
+    whole = [synapse_neuron(x, packed, scale, shift, p, steps=steps, tiles=t, **geometry)
+             for t in ((16, 16, 32), (16, 16, 32, 4, 3))]
+    assert torch.equal(whole[0][0], whole[1][0]) and torch.equal(whole[0][1], whole[1][1])
+    assert float((whole[0][0] > 0).float().mean()) > 0.05, "the case should fire"
+    v, outs = torch.zeros_like(whole[0][1]), []  # a zero membrane: as none
+    for t in range(steps):
+        s, v = synapse_neuron(x[t * batch:(t + 1) * batch], packed, scale, shift, p, t0=t, v=v,
+                              tiles=(16, 16, 32, 4, 3), **geometry)
+        outs.append(s)
+    assert torch.equal(torch.cat(outs), whole[0][0]) and torch.equal(v, whole[0][1])
 
 
 def test_misuse_is_refused_before_a_kernel_runs():

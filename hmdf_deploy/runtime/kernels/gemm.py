@@ -45,6 +45,7 @@ _PAD_CODE = {"sign1": 1, "trit2": 0}  # padding codes; their products are masked
 _PER_BYTE = {"sign1": 8, "trit2": 4}
 MAX_NUMEL = 2**31 - 1
 MAX_BLOCK_K = 256
+MAX_SPLIT = 64  # programs sharing one tile's K steps; the sum kernel unrolls one load per share
 #: Zero bytes kept after packed weights: a K step's byte loads run unmasked along K (so they
 #: vectorize), and the last row's steps, with the one prefetched past the end, read up to
 #: 2 · MAX_BLOCK_K / 4 bytes beyond it.
@@ -91,8 +92,8 @@ def check_tiles(w: PackedWeight, tiles: Tiles) -> None:
     2 · BLOCK_K / (codes per byte) ≤ SLACK bytes past the last packed row."""
     if not 16 <= tiles.k <= MAX_BLOCK_K or tiles.k != next_power_of_2(tiles.k):
         raise ValueError(f"BLOCK_K must be a power of two from 16 to {MAX_BLOCK_K}, not {tiles.k}")
-    if tiles.split < 1:
-        raise ValueError(f"the K steps split over {tiles.split} programs: it must be 1 or more")
+    if not 1 <= tiles.split <= MAX_SPLIT:
+        raise ValueError(f"the K steps split over {tiles.split} programs: it must be 1 to {MAX_SPLIT}")
     if w.scheme != "fp32":
         room = w.data.untyped_storage().nbytes() - w.data.storage_offset() - w.data.numel()
         if not w.data.is_contiguous() or room < SLACK:
@@ -392,6 +393,9 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
     tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
     check_tiles(w, tiles)
     integer, pixels = integer_dot(x, w), lanes_along_rows(g)
+    if tiles.split * M * w.out_channels > MAX_NUMEL:  # the parts' offsets are int32 too
+        raise HmdfError(f"a layer's {tiles.split} partial sums have more elements than the triton kernels "
+                        "address (2**31); use fewer splits or a smaller batch")
     # split: the parts (split, M, O), int32 on codes (exact whatever the order), else float32
     part = torch.empty((tiles.split, M, w.out_channels), dtype=torch.int32 if integer else torch.float32,
                        device=x.device) if tiles.split > 1 else out
