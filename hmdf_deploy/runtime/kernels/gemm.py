@@ -295,8 +295,9 @@ def _split_sum_kernel(part_ptr, sc_ptr, sh_ptr, out_ptr, M, O, P, rows_per_step,
 class Tiles(NamedTuple):
     """A synapse launch's block sizes (BLOCK_M rows × BLOCK_N channels, K steps of BLOCK_K), warps
     per program (ignored by the interpreter), and over how many programs a tile's K steps are split
-    (`synapse`: each adds up its share, a second small kernel adds the shares; for layers with few
-    rows, whose K loop is otherwise long and their programs few)."""
+    (`synapse`: each adds up its share, a second small kernel adds the shares; meant for layers with
+    few rows, whose K loop is otherwise long and their programs few, but `blocks` picks 1 until it
+    is timed on a GPU)."""
 
     m: int
     n: int
