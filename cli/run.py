@@ -23,7 +23,8 @@ def run(
     backend: str = typer.Option("auto", help=f"One of: {', '.join(BACKENDS)}. auto: triton on a CUDA GPU, "
                                               "else onnxruntime."),
     policy: str = typer.Option("window", help="window: reset every T frames; continuous: keep the state."),
-    time_window: Optional[int] = typer.Option(None, help="Bin events into frames of this many µs (default: T bins per file)."),
+    time_window: Optional[int] = typer.Option(None, help="Bin events into frames of this many µs (default: T frames per file, "
+                                                                     "split as the model's training data was)."),
     event_count: Optional[int] = typer.Option(None, help="Bin events into frames of this many events."),
     json_out: bool = typer.Option(False, "--json", help="JSON lines: one per window, then one summary per file."),
 ) -> None:

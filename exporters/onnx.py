@@ -328,6 +328,7 @@ def build_onnx(model: DeployModel, graph: str = "step", path: str = "lowbit", op
         "hmdf.input_shape": json.dumps(list(model.input_shape)),
         "hmdf.states": json.dumps({k: list(s) for k, s in shapes.items()}),
         "hmdf.packing": "int2+dequantize (ternary), uint8 signs+unpack (binary)" if path != "float" else "float32",
+        "hmdf.dataset": str(model.source.get("dataset", "")),
         "hmdf.source_checksum": str(model.source.get("checksum", model.source.get("run_sha256", ""))),
     }
     helper.set_model_props(proto, meta)

@@ -64,11 +64,14 @@ def _small(zf: zipfile.ZipFile, member: str) -> np.ndarray:
         return np.lib.format.read_array(f, allow_pickle=False)
 
 
-def open_event_stream(path: Path, chunk_events: int = CHUNK_EVENTS) -> tuple[StreamHeader, Iterator[dict]]:
+def open_event_stream(path: Path, chunk_events: int = CHUNK_EVENTS,
+                      sensor_size: tuple[int, int, int] | None = None) -> tuple[StreamHeader, Iterator[dict]]:
     """The header of an events.npz and an iterator over its events as dicts of x, y, t, p chunks.
 
     Supports the Tonic layout (`events` + `sensor_size`) and separate `x, y, t, p` arrays with a
-    `sensor_size`; files holding only pre-binned frames are not streams (use `read_events`).
+    `sensor_size`, or without one when the caller gives it (unlike `read_events`, a stream cannot
+    infer it: that would take a pass over all events); files holding only pre-binned frames are
+    not streams (use `read_events`).
     """
     path = Path(path)
     where = str(path)
@@ -80,7 +83,7 @@ def open_event_stream(path: Path, chunk_events: int = CHUNK_EVENTS) -> tuple[Str
         raise HmdfError(f"{where}: not an .npz archive (expected a zip written by numpy.savez)") from None
     names = set(zf.namelist())
     try:
-        return _open(zf, names, path, where, chunk_events)
+        return _open(zf, names, path, where, chunk_events, sensor_size)
     except ZIP_ERRORS as e:
         raise HmdfError(f"{where}: unreadable .npz archive ({type(e).__name__}: {e})") from None
 
@@ -89,15 +92,15 @@ def open_event_stream(path: Path, chunk_events: int = CHUNK_EVENTS) -> tuple[Str
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
 
 
-def _open(zf: zipfile.ZipFile, names: set[str], path: Path, where: str, chunk_events: int):
+def _open(zf: zipfile.ZipFile, names: set[str], path: Path, where: str, chunk_events: int, sensor_size):
     try:
         for member in sorted(names):  # refuse a pickle anywhere in the file, not only where we read
             _NpyReader(zf, member, where, shape_1d=False)
         if "frames.npy" in names and "events.npy" not in names and "x.npy" not in names:
             raise HmdfError(f"{where} holds pre-binned frames: run it without --time-window / --event-count")
-        if "sensor_size.npy" not in names:
+        if "sensor_size.npy" not in names and sensor_size is None:
             raise HmdfError(f"{where}: streaming needs a 'sensor_size' key (W, H, P)")
-        size = _check_sensor_size(_small(zf, "sensor_size.npy"), where)
+        size = _check_sensor_size(_small(zf, "sensor_size.npy") if "sensor_size.npy" in names else sensor_size, where)
         label = None
         if "label.npy" in names:
             value = _small(zf, "label.npy")
@@ -140,14 +143,16 @@ def _read_chunks(zf: zipfile.ZipFile, readers: dict[str, _NpyReader], n: int, wh
 
 
 def iter_frames(path: Path, size: tuple[int, int] | None = None, *, time_window: int | None = None,
-                event_count: int | None = None, chunk_events: int = CHUNK_EVENTS) -> tuple[StreamHeader, Iterator[np.ndarray]]:
-    """Frames (P, H, W) float32 of a recording, one at a time, binned as `to_frames` would."""
+                event_count: int | None = None, chunk_events: int = CHUNK_EVENTS,
+                sensor_size: tuple[int, int, int] | None = None) -> tuple[StreamHeader, Iterator[np.ndarray]]:
+    """Frames (P, H, W) float32 of a recording, one at a time, binned as `to_frames` would;
+    `sensor_size` (W, H, P) for a file that carries none."""
     if (time_window is None) == (event_count is None):
         raise HmdfError("give exactly one of time_window, event_count")
     step = time_window if time_window is not None else event_count
     if step < 1:
         raise HmdfError(f"{'time_window' if time_window is not None else 'event_count'} must be a positive integer, got {step}")
-    header, chunks = open_event_stream(path, chunk_events)
+    header, chunks = open_event_stream(path, chunk_events, sensor_size)
     if header.events == 0:
         raise HmdfError(f"{path}: the event stream is empty (no events)")
     return header, _binned(str(path), header, chunks, time_window, event_count, size)

@@ -63,6 +63,17 @@ class EventRecording:
     origin: str | None = None
 
 
+@dataclass(frozen=True)
+class Framing:
+    """How a whole recording becomes a model's T input frames, as its training data was made
+    (`hmdf_deploy.data.framing` knows each dataset's): ``split`` "time" (T equal time windows) or
+    "count" (equal event counts, SpikingJelly's split by number), and the ``sensor_size``
+    (W, H, P) to assume for files that carry none (SpikingJelly's layout) instead of inferring it."""
+
+    split: str = "time"
+    sensor_size: tuple[int, int, int] | None = None
+
+
 def make_events(x, y, t, p) -> np.ndarray:
     """Pack four equally long arrays into a structured array of `EVENT_DTYPE` (no validation)."""
     x, y, t, p = (np.asarray(a) for a in (x, y, t, p))
@@ -468,19 +479,19 @@ def to_frames(
     return frames if size is None else resize_frames(frames, size)
 
 
-def recording_frames(path: Path, input_shape: tuple[int, int, int], T: int, *,
+def recording_frames(path: Path, input_shape: tuple[int, int, int], T: int, framing: Framing = Framing(), *,
                      time_window: int | None = None, event_count: int | None = None) -> tuple[np.ndarray, int | None, int]:
     """(frames (N, C, H, W), label, event count) of an events.npz at a model's input size.
 
-    Default binning: T equal time windows over the whole recording (one prediction window);
-    `time_window` (µs) or `event_count` cut a long recording into as many frames as it holds.
+    Default binning: T frames over the whole recording (one prediction window), split as `framing`
+    says; `time_window` (µs) or `event_count` cut a long recording into as many frames as it holds.
     """
-    rec = read_events(path)
+    rec = read_events(path, sensor_size=framing.sensor_size)
     size = tuple(input_shape[1:])
     if rec.frames is not None:
         frames = rec.frames if rec.frames.shape[-2:] == size else resize_frames(rec.frames, size)
     elif time_window is None and event_count is None:
-        frames = to_frames(rec.events, rec.sensor_size, n_time_bins=T, size=size)
+        frames = to_frames(rec.events, rec.sensor_size, n_time_bins=T, split=framing.split, size=size)
     else:
         frames = to_frames(rec.events, rec.sensor_size, time_window=time_window, event_count=event_count, size=size)
     if frames.shape[1] != input_shape[0]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hmdf_deploy.errors import HmdfError
-from hmdf_deploy.events import read_events, resize_frames, to_frames
+from hmdf_deploy.events import Framing, recording_frames
 
 CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -30,6 +30,8 @@ CLASSES = (
 SENSOR_SIZE = (128, 128, 2)  # (W, H, P) of the DVS128 camera used to record CIFAR10-DVS
 INPUT_SIZE = (48, 48)
 TRAIN_FRACTION = 0.9
+#: Frames by equal event counts; SpikingJelly's files carry no sensor size.
+FRAMING = Framing("count", SENSOR_SIZE)
 
 
 def _root(data_dir: Path | None) -> Path:
@@ -57,19 +59,11 @@ def _class_files(root: Path) -> list[list[Path]]:
 
 
 def dvs_frames(path: Path, T: int) -> np.ndarray:
-    """One file as float32 (T, 2, 48, 48) frames (SPEC §8)."""
-    rec = read_events(path, sensor_size=SENSOR_SIZE)
-    if rec.frames is not None:
-        if rec.frames.shape[0] != T:
-            raise HmdfError(
-                f"{path}: holds {rec.frames.shape[0]} pre-binned frames but T={T} was asked."
-            )
-        frames = resize_frames(rec.frames, INPUT_SIZE)
-    else:
-        frames = to_frames(rec.events, rec.sensor_size, n_time_bins=T, split="count",
-                           size=INPUT_SIZE)
-    if frames.shape[1] != SENSOR_SIZE[2]:
-        raise HmdfError(f"{path}: expected 2 polarities, got {frames.shape[1]}.")
+    """One file as float32 (T, 2, 48, 48) frames (SPEC §8), made as `hmdf run` makes them for a
+    model trained on this dataset (`FRAMING`)."""
+    frames, _, _ = recording_frames(path, (SENSOR_SIZE[2], *INPUT_SIZE), T, FRAMING)
+    if len(frames) != T:
+        raise HmdfError(f"{path}: holds {len(frames)} pre-binned frames but T={T} was asked.")
     return frames
 
 

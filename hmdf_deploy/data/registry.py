@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.events import Framing
 
 DATASETS = ("digits", "neuro-digits", "cifar10", "cifar100", "dvs-cifar10")
 
@@ -85,6 +86,16 @@ _LOADERS = {
     "cifar100": _cifar("cifar100"),
     "dvs-cifar10": _dvs,
 }
+
+
+def framing(dataset: str | None) -> Framing:
+    """How `hmdf run` turns a recording into the input frames of a model trained on `dataset` (its
+    training data's way; T equal time windows for unknown or static datasets)."""
+    if dataset == "dvs-cifar10":
+        from hmdf_deploy.data.dvs import FRAMING
+
+        return FRAMING
+    return Framing()
 
 
 def load_dataset(

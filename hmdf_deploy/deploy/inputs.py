@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hmdf_deploy.data import load_dataset
+from hmdf_deploy.data import framing, load_dataset
 from hmdf_deploy.deploy.graph import DeployModel
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.events import recording_frames
@@ -24,7 +24,7 @@ def sample_sequence(model: DeployModel, *, events: Path | None = None, samples: 
     """Inputs to measure a model on: `events` if given, else the first `samples` of the built-in test
     split it was trained on (all of it if it holds fewer)."""
     if events is not None:
-        frames, _, _ = recording_frames(events, model.input_shape, model.T)
+        frames, _, _ = recording_frames(events, model.input_shape, model.T, framing(model.source.get("dataset")))
         return torch.from_numpy(frames[: model.T]).unsqueeze(1)
     if samples < 1:
         raise HmdfError(f"--samples must be at least 1, got {samples}")

@@ -70,6 +70,7 @@ class OnnxBackend:
         self.outputs = [o.name for o in self.session.get_outputs()]
         meta = self.session.get_modelmeta().custom_metadata_map
         self.T = int(meta.get("hmdf.T", "0")) or None
+        self.dataset = meta.get("hmdf.dataset")  # absent in files exported before it was recorded
         self.input_shape = tuple(inputs["x"].shape[1:])
         self.state: dict[str, np.ndarray] = {}
 

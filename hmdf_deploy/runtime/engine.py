@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hmdf_deploy.data import framing
 from hmdf_deploy.deploy.graph import DeployModel
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.runtime.backends import make_backend
@@ -51,6 +52,8 @@ class Engine:
             raise HmdfError(f"unknown policy {policy!r}; choose window or continuous")
         self.backend = make_backend(model, backend)
         self.T, self.input_shape = self.backend.T, self.backend.input_shape
+        dataset = model.source.get("dataset") if isinstance(model, DeployModel) else self.backend.dataset
+        self.framing = framing(dataset)  # how `stream` bins a recording: as the training data was
         if not self.T:
             raise HmdfError("the model does not record its number of time steps T")
         self.policy = policy

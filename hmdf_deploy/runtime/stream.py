@@ -74,8 +74,9 @@ def stream(engine: Engine, path: Path, *, on_step: Callable[[StepResult, float],
 
 def _frames(path: Path, engine: Engine, time_window, event_count) -> tuple[Iterable[np.ndarray], int | None, int]:
     if time_window is None and event_count is None:
-        return recording_frames(path, engine.input_shape, engine.T)
-    header, frames = iter_frames(path, tuple(engine.input_shape[1:]), time_window=time_window, event_count=event_count)
+        return recording_frames(path, engine.input_shape, engine.T, engine.framing)
+    header, frames = iter_frames(path, tuple(engine.input_shape[1:]), time_window=time_window, event_count=event_count,
+                                 sensor_size=engine.framing.sensor_size)
     if header.sensor_size[2] != engine.input_shape[0]:
         raise HmdfError(f"{path} has {header.sensor_size[2]} polarity channels; the model takes {engine.input_shape[0]}")
     return frames, header.label, header.events
