@@ -350,6 +350,16 @@ def test_refuses_bad_node_attributes(parts, node, field, value):
     refused(tensors, meta, None)
 
 
+def test_refuses_a_lif_neuron_with_4bit_spikes(parts):
+    """Training refuses it (binary spikes of height θ are no 4-bit codes); a hand-made file would
+    otherwise run with float spikes in the reference but as codes (all 0) in ONNX's integer path."""
+    tensors, meta = parts
+    entry(meta, "features.1.act")["model"] = "lif"
+    refused(tensors, meta, r"node 'features\.1\.act': a lif neuron fires binary spikes .* spikes must be 'float'")
+    entry(meta, "features.1.act")["spikes"] = "float"
+    from_parts(dict(tensors), copy.deepcopy(meta)).validate()
+
+
 def test_refuses_a_non_boolean_event_flag(parts):
     """`"event": "no"` must not be read as True (bool of a non-empty string)."""
     tensors, meta = parts

@@ -86,7 +86,7 @@ def currents(T: int, g: torch.Generator, shape=SHAPE) -> torch.Tensor:
     return torch.randn(T, *shape, generator=g) * 1.5 + 0.5
 
 
-MODES = [("hmdf", "float"), ("hmdf", "4bit"), ("lif", "float"), ("lif", "4bit"), ("parallel", "float"), ("parallel", "4bit")]
+MODES = [("hmdf", "float"), ("hmdf", "4bit"), ("lif", "float"), ("parallel", "float"), ("parallel", "4bit")]  # lif: float only (validate)
 
 
 @pytest.mark.parametrize("affine", [False, True])

@@ -255,6 +255,8 @@ def _out_shape(n: Node, ins: list[tuple[int, ...]], T: int) -> tuple[int, ...]:
             _check_rows(n, key, getattr(n, key), T, x[0])
         if n.stateful and n.leak is None:
             raise HmdfError(f"node {n.name!r}: a {n.model} neuron needs a leak")
+        if n.model == "lif" and n.spikes != "float":  # as training refuses it (ModelConfig)
+            raise HmdfError(f"node {n.name!r}: a lif neuron fires binary spikes of height θ; spikes must be 'float'")
         if (n.in_scale is None) != (n.in_shift is None):
             raise HmdfError(f"node {n.name!r}: in_scale and in_shift come together")
         return x

@@ -59,7 +59,7 @@ class NeuronParams:
         k, c = prep(n.in_scale), prep(n.in_shift)
         if k is not None:  # the kernels index both with one (R, C') layout
             k, c = (t.contiguous() for t in torch.broadcast_tensors(k, c))
-        return cls(_MODELS[n.model], n.spikes == "4bit" and n.model != "lif",
+        return cls(_MODELS[n.model], n.spikes == "4bit",
                    prep(n.threshold), prep(n.leak), k, c, n.model == "hmdf" and bool((n.leak >= 0).all()))
 
 
