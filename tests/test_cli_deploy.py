@@ -123,7 +123,7 @@ def test_quantize_json_reports_a_passed_check_and_packed_layers(ternary_file, di
     # every 4-bit code of every neuron was compared: samples × T × neurons per step
     assert check["codes"] == 360 * T * NEURONS_PER_STEP
     assert check["max_code_diff"] <= 1 and check["code_flips"] <= 1e-3 * check["codes"]
-    assert check["max_abs_diff"] <= 1e-4 * max(1.0, check["logit_scale"])
+    assert check["max_abs_diff"] <= 1e-9 * max(1.0, check["logit_scale"])
     assert check["prediction_agreement"] == 1.0
     assert report["accuracy_before"] is None and report["accuracy_after"] is None
     layers = {row["name"]: row for row in report["layers"]}
@@ -227,13 +227,14 @@ def test_fp32_run_quantizes_without_weights_option(fp32_run, tmp_path):
 
 
 def test_check_passes_only_within_its_limits():
-    """`Check.passed` at its limits: logits may differ by 1e-4 of the logit scale (at least 1), at
-    most 0.1 % of the 4-bit codes may flip, and a flip is ±1 only (SPEC §1.2: a rounding tie)."""
+    """`Check.passed` at its limits: logits (both in float64) may differ by 1e-9 of the logit scale
+    (at least 1), at most 0.1 % of the 4-bit codes may flip, and a flip is ±1 only (SPEC §1.2: a
+    rounding tie)."""
     def check(diff: float, scale: float, flips: int = 0, worst: int = 0) -> bool:
         return quantize_module.Check(16, diff, scale, 1.0, 10_000, flips, worst).passed
 
-    assert check(0.0099, 100.0) and not check(0.0101, 100.0)  # limit 1e-4 · 100 = .01
-    assert check(0.99e-4, 0.5) and not check(1.01e-4, 0.5)  # a scale below 1 counts as 1
+    assert check(0.99e-7, 100.0) and not check(1.01e-7, 100.0)  # limit 1e-9 · 100 = 1e-7
+    assert check(0.99e-9, 0.5) and not check(1.01e-9, 0.5)  # a scale below 1 counts as 1
     assert check(0.0, 1.0, flips=10, worst=1) and not check(0.0, 1.0, flips=11, worst=1)  # 10 of 10 000
     assert not check(0.0, 1.0, flips=1, worst=2)  # one code off by 2 is not a tie
 

@@ -16,6 +16,7 @@ non-vacuous by checking that the neurons actually fire, and 4-bit codes are comp
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 
 import pytest
@@ -293,11 +294,40 @@ def test_the_fold_kept_in_float64_is_exact(cfg, event, batch):
     check = check_equivalence(net, exact, x)
     assert check.max_abs_diff <= 1e-9 * max(1.0, check.logit_scale), check
     assert check.code_flips == 0 and check.prediction_agreement == 1.0
+    shapes = exact.shapes()  # every 4-bit code of every neuron was compared, none left out
+    assert check.codes == sum(cfg.T * len(x) * math.prod(shapes[n.name]) for n in exact.neurons if n.spikes == "4bit")
     stored = fold(net, cfg, event=event)
     for a, b in zip(exact.nodes, stored.nodes):
         for key, t in a.tensors().items():
             want = t.to(torch.float32) if t.is_floating_point() else t
             assert torch.equal(b.tensors()[key], want), (a.name, key)
+
+
+def _bn_affine_without_eps(bn):
+    g = bn.weight.detach().double() / bn.running_var.double().sqrt()
+    return g, bn.bias.detach().double() - g * bn.running_mean.double()
+
+
+def _bn_affine_in_float32(bn):
+    g = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    return g.double(), (bn.bias.detach() - g * bn.running_mean).double()
+
+
+@pytest.mark.parametrize("wrong_bn_affine", [_bn_affine_without_eps, _bn_affine_in_float32], ids=["no-eps", "float32"])
+@pytest.mark.parametrize("cfg, event", [
+    (vgg([4, "M", 8], weights="1.5bit", spikes="float", T=2), False),
+    (resnet("resnet18", weights="1bit", mem_bn=True, T=2), True),
+], ids=["vgg-float", "resnet18-membn-events"])
+def test_the_quantize_check_refuses_a_slightly_wrong_fold(cfg, event, wrong_bn_affine, monkeypatch):
+    """A fold that drops BN's ε (1e-5 next to variances of order 1), or computes BN's affine in
+    float32, moves float-spike logits by 3e-4 or ~1e-7 relative: too little to change accuracy,
+    far more than float64 rounding (~1e-15); `hmdf quantize` must refuse both."""
+    cfg.validate()
+    net, x = make_case(cfg, event=event, batch=3, seed=0)
+    assert check_equivalence(net, fold(net, cfg, event=event, dtype=torch.float64), x).passed
+    monkeypatch.setattr(importlib.import_module("hmdf_deploy.deploy.fold"), "bn_affine", wrong_bn_affine)
+    check = check_equivalence(net, fold(net, cfg, event=event, dtype=torch.float64), x)
+    assert not check.passed and check.code_flips == 0, check
 
 
 @pytest.mark.parametrize("T", [1, 2, 5])
