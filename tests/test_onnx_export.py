@@ -114,6 +114,13 @@ CASES = {
                                        False, 16, 0),
     "resnet19-event-1.5bit-float-parallel-seca2": (resnet("resnet19", in_channels=2, weights="1.5bit", parallel=True,
                                                           seca=2, quantize_stem=True, T=2), True, 0, 0),
+    # T = 1 on an odd, non-square map (9×7 → max pool → 4×3): features.2 reads max-pooled codes
+    "vgg-T1-9x7-1.5bit-4bit-max": (vgg([8, "M", 16, "G"], input_size=(9, 7), pool="max", weights="1.5bit",
+                                       spikes="4bit", T=1), False, 1, 0),
+    # the ImageNet stem (7×7/2 conv, 3/2 max pool padded by 1) on 13×11 events; 16 blocks × 2 convs read codes
+    "resnet34-imagenet-stem-13x11-event-1.5bit-4bit-membn-seca2": (
+        resnet("resnet34", in_channels=2, input_size=(13, 11), stem="imagenet", weights="1.5bit", spikes="4bit",
+               mem_bn=True, seca=2, T=2), True, 32, 0),
 }
 FOUR_BIT = [k for k, (cfg, _, _, _) in CASES.items() if cfg.spikes == "4bit"]
 
