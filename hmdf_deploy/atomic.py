@@ -31,7 +31,8 @@ def make_dir(path: str | os.PathLike, option: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise WriteError(f"{option} {path} is a file; give a directory") from None
+        what = "a link to nothing" if path.is_symlink() and not path.exists() else "a file"
+        raise WriteError(f"{option} {path} is {what}; give a directory") from None
     except OSError as e:
         raise WriteError(f"cannot create {option} {path}: {e.strerror}") from None
     return path

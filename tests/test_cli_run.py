@@ -189,6 +189,12 @@ def test_make_events_out_must_be_a_directory(tmp_path, under):
     assert (tmp_path / "afile").read_text() == "not a folder"
 
 
+def test_make_events_out_is_a_dangling_link(tmp_path):
+    (tmp_path / "ev").symlink_to(tmp_path / "gone")
+    assert_user_error(hmdf("data", "make-events", "--out", tmp_path / "ev", "--count", 1),
+                      "ev is a link to nothing; give a directory")
+
+
 @pytest.mark.parametrize("count", [0, -3])
 def test_make_events_count_must_be_positive(count, tmp_path):
     assert_user_error(hmdf("data", "make-events", "--out", tmp_path / "ev", "--count", count),
