@@ -188,6 +188,27 @@ def test_onnxruntime_equals_reference(name, graph, path):
     assert counts["MatMulInteger"] == 0, counts
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_spike_codes_round_half_to_even_at_every_boundary(graph, path):
+    """SPEC §1.2 decision: codes are clamp(round(4 s), 0, 15) with round half to even (ONNX Round,
+    as torch.round), at every half, one float step either side of it, and far outside [0, 15]. A
+    parallel neuron with θ = 0 codes s = relu(x) itself; an identity ternary layer hands the codes
+    out as logits, exactly."""
+    halves = torch.arange(-8, 140, dtype=torch.float32) / 8  # 4s = k/2: every half and integer
+    near = torch.cat([torch.nextafter(halves, halves + 1), torch.nextafter(halves, halves - 1)])
+    s = torch.cat([halves, near, torch.tensor([1e6, 3.875, 3.874999, 0.125, 1e-30])])
+    n = len(s)
+    nodes = [Flatten("f", ["input"]), Neuron("codes", ["f"], "parallel", "4bit", torch.zeros(1)),
+             Linear("out", ["codes"], "1.5bit", torch.eye(n, dtype=torch.int8), torch.ones(1, n), torch.zeros(1, n))]
+    model = DeployModel(2, (1, 1, n), False, n, nodes, "out", {}).validate()
+    x = s.reshape(1, 1, 1, 1, n).expand(2, 1, 1, 1, n).contiguous()
+    want = torch.clamp(torch.round(torch.relu(s) * 4), 0, 15).expand(2, 1, n).numpy()
+    sess = session(build_onnx(model, graph, path))
+    got = run_sequence(sess, x.numpy()) if graph == "step" else sess.run(["logits"], {"x": x.numpy()})[0]
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("name", FOUR_BIT)
 def test_step_graph_streams_state_like_reference_step(name):
     """4-bit models: the step graph fed one step at a time with its own state_out as the next
