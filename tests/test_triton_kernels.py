@@ -370,6 +370,10 @@ def test_weights_without_slack_or_odd_k_steps_are_refused():
     for split in (0, 65):
         with pytest.raises(ValueError, match=f"split over {split} programs: it must be 1 to 64"):
             synapse(x, w, scale, shift, tiles=(16, 16, 32, 4, split))
+    for kernel in (synapse, lambda *a, **kw: synapse_neuron(*a, NeuronParams.from_node(
+            Neuron("n", ["x"], "parallel", "4bit", torch.zeros(1)), "cpu"), **kw)):
+        with pytest.raises(ValueError, match="power of two from 16 to 256, not 8"):  # an empty batch too
+            kernel(x[:0], w, scale, shift, tiles=(16, 16, 8))
 
 
 def test_synapse_errors_and_empty_batch():

@@ -387,12 +387,12 @@ def synapse(x: Tensor, w: PackedWeight, scale: Tensor, shift: Tensor, *, stride:
     g = conv_geometry(x, w, stride, padding, steps)
     out = torch.empty(g.out_shape, dtype=torch.float32, device=x.device)
     M = g.N * g.Ho * g.Wo
+    tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
+    check_tiles(w, tiles)  # before the empty batch's return, as `synapse_neuron`: a bad choice fails alike
     if M == 0:
         return out
     # one (R, O') layout for both (no copy when they already share it, as the backend's do)
     scale, shift = (t.contiguous() for t in torch.broadcast_tensors(scale, shift))
-    tiles = Tiles(*(tiles or blocks(M, w, x.device.type == "cpu")))
-    check_tiles(w, tiles)
     integer, pixels = integer_dot(x, w), lanes_along_rows(g)
     if tiles.split * M * w.out_channels > MAX_NUMEL:  # the parts' offsets are int32 too
         raise HmdfError(f"a layer's {tiles.split} partial sums have more elements than the triton kernels "
