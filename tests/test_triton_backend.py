@@ -6,7 +6,8 @@ static and event input). Without a GPU the kernels run in Triton's interpreter (
 Float32 executors that accumulate in different orders differ by rounding, which deep random
 networks amplify; so each is measured against the float64 reference and the triton backend may
 be off by at most a small multiple of the torch backend's own float32 error (or 1e-4 of the
-logit scale). On these cases that holds with room to spare: 4-bit models agree exactly.
+logit scale). On these cases that holds with room to spare, and 4-bit models agree exactly: every
+layer's codes at every step equal the reference's.
 """
 
 from __future__ import annotations
@@ -59,11 +60,31 @@ def test_triton_engine_equals_torch_engine(cfg, event, batch):
     assert isinstance(triton_engine.backend, TritonBackend)
     want = torch_engine.run(x.numpy())
 
+    spikes = recorded_spikes(triton_engine.backend)
     steps = np.stack([triton_engine.step(x[t].numpy()).logits for t in range(cfg.T)])
     check_close(steps, truth, want, "step by step")
     check_close(triton_engine.run(x.numpy()), truth, want, "whole window")
     if cfg.spikes == "4bit":  # integer codes between layers: no rounding to disagree about
         np.testing.assert_allclose(steps, want, rtol=0, atol=RTOL * max(1.0, float(np.abs(want).max())))
+        codes: dict = {}
+        Reference(deploy).run(x, record=codes)
+        for n in deploy.neurons:  # every layer's codes at every step, the fused kernels' included
+            if n.spikes == "4bit":
+                got = torch.stack(spikes[n.name][:cfg.T])
+                assert got.dtype == torch.uint8 and torch.equal(got.float(), codes[n.name]), n.name
+
+
+def recorded_spikes(backend: TritonBackend) -> dict[str, list[torch.Tensor]]:
+    """Each neuron's spikes, one entry per call, from now on (a wrapper around the backend's own)."""
+    spikes: dict[str, list[torch.Tensor]] = {}
+    neuron = backend._neuron
+
+    def recording(n, *args):
+        s, v = neuron(n, *args)
+        spikes.setdefault(n.name, []).append(s.cpu())
+        return s, v
+    backend._neuron = recording
+    return spikes
 
 
 # Small ones: Triton's interpreter runs a scan with a custom combine element by element.
