@@ -7,6 +7,10 @@ temporary, a SIGKILL (which cannot clean up) may leave it beside the target. The
 appended instead is a run's `metrics.jsonl` (training/checkpoint.py).
 An OSError (disk full, no permission, read-only file system) becomes a `WriteError`: one line that
 names the path, which the CLI prints as `error: cannot write PATH: No space left on device`.
+Writers whose libraries report a failed write in their own exception types (safetensors' `save_file`,
+`torch.save` to a path raise SafetensorError / RuntimeError) serialise to bytes first and hand them
+to `atomic_write_bytes`, so that every failure of the write itself is an OSError, while a failure to
+serialise stays what it is: a bug, with its traceback.
 """
 
 from __future__ import annotations
@@ -64,6 +68,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
             raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
         raise
     _fsync_dir(parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """`atomic_write` of bytes serialised beforehand, with plain file I/O."""
+    atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def _umask() -> int:

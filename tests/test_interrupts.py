@@ -96,6 +96,57 @@ def test_other_write_errors_use_the_systems_words(code, model_file, tmp_path, mo
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "train_state.pt"])
+def test_full_disk_during_training_is_one_line(name, tmp_path, monkeypatch):
+    """The checkpoint's files are serialised in memory and written with plain file I/O, so a full
+    disk is the OS's error (one line, exit 2), not safetensors' or torch.save's own exception."""
+    real = Path.write_bytes
+
+    def full_for(path, data):
+        return disk_full() if path.name.startswith(f".{name}.") else real(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_for)
+    out = tmp_path / "run"
+    result = hmdf("train", "--dataset", "digits", *TINY, "--epochs", "1", "--out", out, "--json")
+    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+    assert "Traceback" not in result.output
+    assert result.stderr.splitlines() == [f"error: cannot write {out / name}: No space left on device"]
+    assert list(out.glob("*.tmp")) + list(out.glob(".*.tmp")) == []
+    assert not (out / name).exists()
+
+
+#: `hmdf train` under a file size limit: the kernel refuses the write itself (EFBIG), inside the
+#: libraries' own writers were they still used.
+SIZE_LIMIT = textwrap.dedent("""
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    limit = int(sys.argv.pop(1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    from hmdf_deploy.cli.main import main
+    sys.argv[0] = "hmdf"
+    main()
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["model.safetensors", "train_state.pt"])
+def test_a_write_refused_by_the_os_during_training_is_one_line(name, run_dir, tmp_path):
+    """A real failed write (no monkeypatch): the file size limit lets config.json through and stops
+    the named file; the CLI prints one line, exits 2 and leaves no temporary."""
+    weights = (run_dir / "model.safetensors").stat().st_size  # the same network as below
+    limit = 4096 if name == "model.safetensors" else weights + 4096
+    assert (run_dir / "config.json").stat().st_size < 4096 < weights
+    assert (run_dir / "train_state.pt").stat().st_size > limit
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", SIZE_LIMIT, str(limit), "train", "--dataset", "digits", *TINY,
+                           "--epochs", "1", "--out", str(out), "--json"],
+                          capture_output=True, text=True, timeout=300, env=env())
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [f"error: cannot write {out / name}: {os.strerror(errno.EFBIG)}"]
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
 # ----------------------------------------------------------------------------------- Ctrl-C
 def test_ctrl_c_outside_training_is_one_line_and_exit_130(model_file, monkeypatch):
     def interrupted(*args, **kwargs):

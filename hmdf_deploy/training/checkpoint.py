@@ -13,13 +13,15 @@ own copy of the weights: there is no window in which weights and optimizer state
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from hmdf_deploy.atomic import WriteError, atomic_write
+from hmdf_deploy.atomic import WriteError, atomic_write, atomic_write_bytes
 from hmdf_deploy.errors import HmdfError
 
 CONFIG = "config.json"
@@ -43,7 +45,9 @@ def read_json(path: Path) -> dict:
 
 def save_weights(path: Path, state_dict: dict) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    # serialised in memory, written with plain file I/O: a full disk is an OSError (one line), not
+    # safetensors' own error type (hmdf_deploy/atomic.py)
+    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={"format": "pt"}))
 
 
 def load_weights(path: Path) -> dict:
@@ -56,7 +60,9 @@ def load_weights(path: Path) -> dict:
 
 
 def save_state(path: Path, state: dict) -> None:
-    atomic_write(path, lambda p: torch.save(state, p))
+    buffer = io.BytesIO()  # torch.save to a path reports a failed write as a RuntimeError
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_state(path: Path) -> dict:
