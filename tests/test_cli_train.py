@@ -173,6 +173,16 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_finishes(tmp_path, monkeypatch, 
     assert [r["epoch"] for r in ckpt.read_metrics(out / "metrics.jsonl")] == [1]
 
 
+@pytest.mark.parametrize("seed", [20240101, 2**63 - 1])
+def test_any_seed_below_2_to_the_63_trains(tmp_path, seed):
+    """The per-batch generator seeds derived from a large --seed stay within torch's signed 64 bits."""
+    out = tmp_path / "r"
+    result = hmdf("train", "--dataset", "digits", *TINY, "--seed", seed, "--out", out, "--json")
+    assert_success(result)
+    assert single_json(result.stdout)["epoch"] == 1
+    assert json.loads((out / "config.json").read_text())["train"]["seed"] == seed
+
+
 def test_help_has_an_example():
     result = hmdf("train", "--help")
     assert result.exit_code == 0
@@ -203,6 +213,12 @@ ERRORS = [
     ("negative-lr", lambda tmp, run: digits("--lr", "-1", "--out", tmp / "r"), r"--lr must be a positive number", False),
     ("nan-lr", lambda tmp, run: digits("--lr", "nan", "--out", tmp / "r"), r"--lr must be a positive number, got nan", False),
     ("inf-lr", lambda tmp, run: digits("--lr", "inf", "--out", tmp / "r"), r"--lr must be a positive number, got inf", False),
+    ("huge-lr", lambda tmp, run: digits("--lr", "1e308", "--out", tmp / "r"),
+     r"--lr must be at most 3.403e\+38 \(the largest float32\), got 1e\+308$", False),
+    ("negative-seed", lambda tmp, run: digits("--seed", "-1", "--out", tmp / "r"),
+     r"--seed must be a non-negative integer below 2\*\*63 \(9223372036854775808\), got -1$", False),
+    ("seed-2-to-the-63", lambda tmp, run: digits("--seed", str(2**63), "--out", tmp / "r"),
+     r"--seed must be a non-negative integer below 2\*\*63 .*, got 9223372036854775808$", False),
     # 0 is not "unset": it must be refused, not replaced by the dataset's default
     ("epochs-zero", lambda tmp, run: digits("--epochs", "0", "--out", tmp / "r"), r"--epochs", False),
     ("batch-size-zero", lambda tmp, run: digits("--batch-size", "0", "--out", tmp / "r"), r"--batch-size", False),

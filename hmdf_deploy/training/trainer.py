@@ -25,6 +25,13 @@ from hmdf_deploy.training import checkpoint as ckpt
 from hmdf_deploy.training.distributed import any_rank, barrier, init_distributed, shutdown, wrap
 from hmdf_deploy.training.steps import MODES, evaluate, train_batch
 
+#: Seeds are 0 <= seed < 2**63: torch's generators take a signed 64-bit seed. The per-batch seeds
+#: derived from it are reduced modulo the same bound (`_batch_seed`).
+SEED_LIMIT = 2**63
+#: The largest learning rate a float32 parameter update can hold (torch.finfo(torch.float32).max):
+#: SGD multiplies float32 gradients by it, and a larger one cannot even be converted.
+LR_LIMIT = float(torch.finfo(torch.float32).max)
+
 
 @dataclass
 class TrainConfig:
@@ -49,6 +56,10 @@ class TrainConfig:
             raise HmdfError("--epochs and --batch-size must be at least 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise HmdfError(f"--lr must be a positive number, got {self.lr}")
+        if self.lr > LR_LIMIT:
+            raise HmdfError(f"--lr must be at most {LR_LIMIT:.4g} (the largest float32), got {self.lr:g}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT:
+            raise HmdfError(f"--seed must be a non-negative integer below 2**63 ({SEED_LIMIT}), got {self.seed!r}")
         return self
 
 
@@ -214,7 +225,9 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def _batch_seed(seed: int, epoch: int, batch: int) -> int:
-    return (seed * 1_000_003 + epoch) * 1_000_003 + batch + 1
+    """A distinct generator seed per (seed, epoch, batch); batch -1 is the epoch's order. Reduced
+    modulo 2**63 for torch, which leaves every value below it (all seeds up to about 9e6) as it was."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + batch + 1) % SEED_LIMIT
 
 
 def _epoch_record(pos: Position, batches: int, optimizer, seconds: float, test_acc: list[float]) -> dict:
