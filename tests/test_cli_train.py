@@ -314,3 +314,48 @@ def test_a_diverging_run_stops_with_one_line_and_saves_nothing_after(tmp_path):
     assert not (out / "model.safetensors").exists() and not (out / "train_state.pt").exists()
     assert (out / "metrics.jsonl").read_text() == ""
 
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_its_out(tmp_path):
+    """A start that stopped before saving anything (here: diverged in its first epoch) leaves only a
+    config.json and an empty metrics.jsonl; the same command with a better option starts afresh
+    there instead of calling it a run to --resume."""
+    out = tmp_path / "r"
+    failed = hmdf("train", *digits("--lr", "1e6", "--out", out))
+    assert failed.exit_code == 2 and "training diverged" in failed.stderr
+    assert sorted(os.listdir(out)) == ["config.json", "metrics.jsonl"]
+
+    again = hmdf("train", *digits("--lr", "0.05", "--out", out, "--json"))
+    assert_success(again)
+    assert set(os.listdir(out)) == RUN_FILES
+    assert json.loads((out / "config.json").read_text())["train"]["lr"] == 0.05
+    assert [r["epoch"] for r in ckpt.read_metrics(out / "metrics.jsonl")] == [1]
+
+
+def _never_saved_run(run):
+    """What a start that failed before its first checkpoint leaves behind."""
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"hmdf_version": "0", "model": {}, "train": {}, "data": {}}))
+    (run / "metrics.jsonl").write_text("")
+
+
+@pytest.mark.parametrize("extra, write", [
+    ("model.safetensors", lambda run: (run / "model.safetensors").write_text("weights")),
+    ("train_state.pt", lambda run: (run / "train_state.pt").write_text("state")),
+    ("metrics", lambda run: (run / "metrics.jsonl").write_text('{"epoch": 1}\n')),
+    ("imported", lambda run: (run / "config.json").write_text(json.dumps(
+        {"hmdf_version": "0", "model": {}, "train": {}, "data": {}, "import": {}}))),
+    ("foreign-config", lambda run: (run / "config.json").write_text('{"name": "not hmdf"}')),
+    ("unreadable-config", lambda run: (run / "config.json").write_text("not json")),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_directory_with_anything_saved_is_still_refused(tmp_path, monkeypatch, extra, write):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    _never_saved_run(run)
+    write(run)
+    before = {f: (run / f).read_bytes() for f in os.listdir(run)}
+    result = hmdf("train", *digits("--out", run))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.splitlines() == [
+        f"error: {run} already holds a training run; continue it with --resume {run} or choose another --out"]
+    assert {f: (run / f).read_bytes() for f in os.listdir(run)} == before

@@ -91,7 +91,7 @@ class Position:
 def start(out: Path, model_config: ModelConfig, train_config: TrainConfig, **kw) -> dict:
     """Create the run directory `out` for a new run and train it. Returns the last metrics record."""
     out = Path(out)
-    if (out / ckpt.CONFIG).exists():
+    if (out / ckpt.CONFIG).exists() and not _never_saved(out):
         raise HmdfError(f"{out} already holds a training run; continue it with --resume {out} or choose another --out")
     train_config.validate()
     train, test, info = _load_data(train_config, model_config.T)
@@ -105,6 +105,23 @@ def start(out: Path, model_config: ModelConfig, train_config: TrainConfig, **kw)
     if init_distributed().main:
         ckpt.write_json(out / ckpt.CONFIG, config)
     return _fit(out, model_config, train_config, (train, test, info), **kw)
+
+
+def _never_saved(out: Path) -> bool:
+    """Whether `out` holds only what a start that failed before its first checkpoint leaves (a
+    training config.json and an empty metrics.jsonl): a new start may take the directory over, and
+    rewrites exactly those two files. Anything else there (weights, a train state, metrics, an
+    imported or foreign config.json) is a run, which is refused."""
+    if any((out / f).exists() or (out / f).is_symlink() for f in (ckpt.WEIGHTS, ckpt.STATE)):
+        return False
+    metrics = out / ckpt.METRICS
+    try:
+        if metrics.is_symlink() or (metrics.exists() and (not metrics.is_file() or metrics.stat().st_size)):
+            return False
+        config = ckpt.read_json(out / ckpt.CONFIG)
+    except (HmdfError, OSError):
+        return False
+    return isinstance(config, dict) and {"hmdf_version", "model", "train"} <= set(config) and "import" not in config
 
 
 def resume(run_dir: Path, **kw) -> dict:
