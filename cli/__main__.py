@@ -1,5 +1,5 @@
 """`python -m hmdf_deploy.cli ...`, the form `torchrun` launches: `torchrun --nproc-per-node 2 -m hmdf_deploy.cli train ...`."""
 
-from hmdf_deploy.cli.main import main
+from hmdf_deploy.cli import entry
 
-main()
+entry()

@@ -7,9 +7,11 @@ exit code 2 (`--debug` adds the traceback); Ctrl-C becomes `error: interrupted` 
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
+import os
 import sys
 from typing import Any, Callable
 
@@ -19,8 +21,10 @@ from rich.table import Table
 
 from hmdf_deploy.errors import HmdfError
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# No markup: paths and file names are printed as they are ("x/[bold]m.onnx" is a valid file name).
+# Piped or redirected, rich would assume 80 columns and cut table cells ("10,3…"); a log keeps them whole.
+out = Console(soft_wrap=True, markup=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 1000)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 settings = {"debug": False}
 
 
@@ -33,8 +37,26 @@ def handle_errors(fn: Callable) -> Callable:
             fail(str(e))
         except KeyboardInterrupt:  # writes are atomic (hmdf_deploy/atomic.py): nothing to clean up
             fail("interrupted", code=130)
+        except OSError as e:  # files go through WriteError: this is stdout (`> /dev/full`, `| head`)
+            if e.errno not in (errno.ENOSPC, errno.EPIPE, errno.EIO):
+                raise
+            _drop_stdout()
+            if e.errno == errno.EPIPE:  # the reader has all it wanted
+                raise typer.Exit(0) from None
+            fail(f"cannot write the output: {e.strerror}")
 
     return wrapper
+
+
+def _drop_stdout() -> None:
+    """Point stdout at the null device, so that flushing what is left at exit raises nothing more."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file behind sys.stdout (a test runner's buffer)
+        pass
+    finally:
+        os.close(null)
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -344,8 +344,9 @@ def test_inspect_table(ternary_file):
     assert_ok(result)
     out = result.stdout
     for text in ("features.0.conv", "features.2.conv", "classifier", "T=2", "spikes 4bit", "SOPs", "NOPs",
-                 "energy", "spike rate", f"{3 * NEURONS_PER_STEP * T:,}"):
+                 "energy", "spike rate", f"{3 * NEURONS_PER_STEP * T:,}", f"{path.stat().st_size:,} bytes"):
         assert text in out, text
+    assert "…" not in out  # not a terminal: rich would cut cells at 80 columns
     assert result.stderr.strip() == ""
 
 
