@@ -15,6 +15,9 @@ from hmdf_deploy.deploy.quantize import quantize_run
 from hmdf_deploy.deploy.summary import LayerRow, layer_rows, measure_costs
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.quant import WEIGHT_MODES
+from hmdf_deploy.training import checkpoint as ckpt
+
+RUN_FILES = {ckpt.CONFIG, ckpt.WEIGHTS, ckpt.STATE, ckpt.METRICS}  # what `hmdf train --out` writes
 
 
 @ui.handle_errors
@@ -35,6 +38,7 @@ def quantize(
     if weights is not None and weights not in WEIGHT_MODES[1:]:
         raise HmdfError(f"--weights must be 1bit or 1.5bit, got {weights!r}")
     out = out or run_dir / "model.hmdf"
+    refuse_run_file(out, run_dir)
     result = quantize_run(run_dir, weights=weights, calib=calib, data_dir=data_dir)
     check = result.check
     if not check.passed:
@@ -55,6 +59,12 @@ def quantize(
     ui.out.print(
         f"check on {check.samples} test samples: max |Δ logits| {check.max_abs_diff:.2e}, predictions agree "
         f"{100 * check.prediction_agreement:.2f}%, 4-bit codes differing {check.code_flips}/{check.codes}: passed")
+
+
+def refuse_run_file(out: Path, run_dir: Path) -> None:
+    """An output must not replace a file of the training run it is made from."""
+    if out.resolve().parent == run_dir.resolve() and out.name in RUN_FILES:
+        raise HmdfError(f"--out {out} would overwrite the training run's own {out.name}; choose another name")
 
 
 @ui.handle_errors

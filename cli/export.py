@@ -10,6 +10,7 @@ import typer
 
 from hmdf_deploy import exporters
 from hmdf_deploy.cli import ui
+from hmdf_deploy.cli.deploy import refuse_run_file
 from hmdf_deploy.deploy import load_hmdf
 from hmdf_deploy.deploy.container import read_checksum
 from hmdf_deploy.deploy.quantize import quantize_run
@@ -32,11 +33,13 @@ def export(
     Example: hmdf export runs/digits.hmdf --format onnx -o digits.onnx --graph both
     """
     write = exporters.get(fmt)
-    model, checksum = _load(model_path, data_dir)
     if out is None:  # beside a file, or inside a run directory
         out = model_path.with_suffix(f".{fmt}") if model_path.is_file() else model_path / f"model.{fmt}"
     if out.resolve() == model_path.resolve():
         raise HmdfError(f"--out {out} would overwrite the input model")
+    if model_path.is_dir():
+        refuse_run_file(out, model_path)
+    model, checksum = _load(model_path, data_dir)
     files = write(model, out, graph=graph, path=path, opset=opset, checksum=checksum)
     if json_out:
         ui.emit_json({"files": [{"path": str(f), "bytes": os.path.getsize(f)} for f in files]})

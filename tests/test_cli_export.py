@@ -328,3 +328,13 @@ def test_export_from_a_training_run(digits_run, tmp_path):
         assert props(path)["hmdf.graph"] == graph
         assert props(path)["hmdf.source_checksum"] == read_checksum(hm)
         assert_matches_reference(path, load_hmdf(hm), x)
+
+
+@pytest.mark.parametrize("command", ["quantize", "export"])
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "train_state.pt", "metrics.jsonl"])
+def test_an_output_never_replaces_a_file_of_the_training_run(tmp_path, command, name):
+    """Checked before any work: the run directory need not even hold a run to be protected."""
+    (tmp_path / "run").mkdir()
+    assert_user_error(hmdf(command, tmp_path / "run", "-o", tmp_path / "run" / name),
+                      f"would overwrite the training run's own {name}")
+    assert not (tmp_path / "run" / name).exists()
