@@ -12,6 +12,7 @@ from hmdf_deploy.atomic import make_dir
 from hmdf_deploy.cli import ui
 from hmdf_deploy.deploy import load_hmdf
 from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.events import MAX_BIN
 from hmdf_deploy.runtime import BACKENDS, POLICIES, Engine
 from hmdf_deploy.runtime.stream import StreamReport, expand_paths, stream
 
@@ -34,16 +35,28 @@ def run(
     """
     if policy not in POLICIES:
         raise HmdfError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    for option, value in (("--time-window", time_window), ("--event-count", event_count)):
+        if value is not None and not 1 <= value <= MAX_BIN:
+            raise HmdfError(f"{option} must be an integer from 1 to 2**62, got {value}")
+    if time_window is not None and event_count is not None:
+        raise HmdfError("give --time-window or --event-count, not both")
     files = expand_paths(streams)
     engine = Engine(_load(model_path), backend, policy)
     binning = {"time_window": time_window, "event_count": event_count}
     live = len(files) == 1 and not json_out and ui.out.is_terminal
-    reports = [_stream_one(engine, f, binning, live) for f in files]
+    reports: list[StreamReport] = []
+    try:
+        for f in files:
+            reports.append(_stream_one(engine, f, binning, live))
+            if json_out:  # each file's lines as soon as it is done: a failure or Ctrl-C later loses none
+                for w in reports[-1].windows:
+                    ui.emit_json({"path": reports[-1].path, **w})
+                ui.emit_json({"summary": reports[-1].summary(), "backend": engine.backend.name, "policy": policy})
+    except (HmdfError, KeyboardInterrupt):
+        if reports and not json_out:  # the files done before it, then the error line
+            _render(reports, engine.backend.name, policy)
+        raise
     if json_out:
-        for r in reports:
-            for w in r.windows:
-                ui.emit_json({"path": r.path, **w})
-            ui.emit_json({"summary": r.summary(), "backend": engine.backend.name, "policy": policy})
         if len(reports) > 1:
             ui.emit_json({"accuracy": _accuracy(reports), "files": len(reports)})
         return
@@ -119,6 +132,10 @@ def make_events(
     indices = test[:count]
     make_dir(out, "--out")
     files = [out / f"neuro-digit-{int(i):04d}.npz" for i in indices]
+    stale = sorted(set(out.glob("neuro-digit-*.npz")) - set(files))
+    if stale:  # a directory of recordings is read as one set (hmdf run --stream DIR)
+        raise HmdfError(f"--out {out} already holds {len(stale)} other recordings ({stale[0].name}, …); "
+                        "give an empty or new directory")
     for path, rec in zip(files, make_neuro_digit_recordings(seed, indices)):
         write_events(path, rec)
     if json_out:

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from hmdf_deploy.errors import HmdfError
-from hmdf_deploy.events import _FIELDS, _check_sensor_size, resize_frames, validate_events
+from hmdf_deploy.events import _FIELDS, MAX_BIN, _check_sensor_size, resize_frames, validate_events
 
 CHUNK_EVENTS = 1 << 18
 #: One frame's cells (P·H·W): 2**26 covers a 2×4096×8192 sensor and bounds a frame to 512 MiB.
@@ -150,8 +150,9 @@ def iter_frames(path: Path, size: tuple[int, int] | None = None, *, time_window:
     if (time_window is None) == (event_count is None):
         raise HmdfError("give exactly one of time_window, event_count")
     step = time_window if time_window is not None else event_count
-    if step < 1:
-        raise HmdfError(f"{'time_window' if time_window is not None else 'event_count'} must be a positive integer, got {step}")
+    if not 1 <= step <= MAX_BIN:
+        raise HmdfError(f"{'time_window' if time_window is not None else 'event_count'} must be an integer from 1 "
+                        f"to 2**62, got {step}")
     header, chunks = open_event_stream(path, chunk_events, sensor_size)
     if header.events == 0:
         raise HmdfError(f"{path}: the event stream is empty (no events)")

@@ -46,6 +46,7 @@ EVENT_DTYPE = np.dtype([("x", "<i2"), ("y", "<i2"), ("t", "<i8"), ("p", "<i1")])
 _FIELDS = ("x", "y", "t", "p")
 _I16_MAX = np.iinfo(np.int16).max
 _MAX_FRAME_CELLS = 2**31  # 8 GiB of float32: beyond this a binning option is surely a mistake
+MAX_BIN = 2**62  # largest time_window (µs) / event_count: bin arithmetic stays inside int64
 
 
 @dataclass
@@ -406,6 +407,9 @@ def _bin_index(events, n_time_bins, time_window, event_count, split) -> tuple[np
             return b, n_time_bins
         t0 = int(t.min()) if n else 0
         span = (int(t.max()) - t0 + 1) if n else 1
+        if span > np.iinfo(np.int64).max // n_time_bins:  # (t − t0) · n_time_bins would overflow
+            raise HmdfError(f"the events span {span:,} µs ({span / 3.156e13:,.0f} years), too long to cut into "
+                            f"{n_time_bins} time windows: a broken timestamp?")
         # Equal windows over [t0, t_last + 1): integer maths, every event lands in a bin.
         return (t - t0) * n_time_bins // span, n_time_bins
     if time_window is not None:
@@ -452,8 +456,8 @@ def to_frames(
         )
     value = {"n_time_bins": n_time_bins, "time_window": time_window, "event_count": event_count}
     value = value[chosen[0]]
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise HmdfError(f"{chosen[0]} must be a positive integer, got {value!r}.")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_BIN:
+        raise HmdfError(f"{chosen[0]} must be an integer from 1 to 2**62, got {value!r}.")
     if split not in ("time", "count"):
         raise HmdfError(f"split must be 'time' or 'count', got {split!r}.")
     if split == "count" and n_time_bins is None:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +196,52 @@ def test_make_events_out_is_a_dangling_link(tmp_path):
     (tmp_path / "ev").symlink_to(tmp_path / "gone")
     assert_user_error(hmdf("data", "make-events", "--out", tmp_path / "ev", "--count", 1),
                       "ev is a link to nothing; give a directory")
+
+
+def test_make_events_prints_paths_as_they_are(tmp_path):
+    """No rich markup in output: "[bold]" is part of a file name."""
+    result = hmdf("data", "make-events", "--out", tmp_path / "x[bold]y", "--count", 1)
+    assert_success(result)
+    assert f"wrote 1 recordings to {tmp_path / 'x[bold]y'}" in result.stdout
+
+
+def test_make_events_refuses_to_leave_other_recordings_beside_its_own(tmp_path):
+    """A directory of recordings is read as one set: 3 new ones beside 5 of another run would be
+    streamed as 5 (2 rewritten). The same command again rewrites the same files."""
+    assert_success(hmdf("data", "make-events", "--out", tmp_path / "ev", "--count", 5))
+    assert_success(hmdf("data", "make-events", "--out", tmp_path / "ev", "--count", 5, "--seed", 1))
+    assert_user_error(hmdf("data", "make-events", "--out", tmp_path / "ev", "--count", 3),
+                      "already holds 2 other recordings", "give an empty or new directory")
+    assert len(list((tmp_path / "ev").glob("*.npz"))) == 5
+
+
+def hmdf_process(*args, **kw) -> subprocess.CompletedProcess:
+    """`hmdf` in its own process, as a shell runs it (`python -m hmdf_deploy.cli` is the same entry)."""
+    return subprocess.run([sys.executable, "-m", "hmdf_deploy.cli", *map(str, args)], stderr=subprocess.PIPE,
+                          text=True, timeout=300, **kw)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["table", "json"])
+def test_an_unwritable_stdout_is_one_error_line(tmp_path, json_flag):
+    with open("/dev/full", "w") as full:
+        result = hmdf_process("data", "make-events", "--out", tmp_path / "ev", "--count", 1, *json_flag, stdout=full)
+    assert result.returncode == 2 and result.stderr == "error: cannot write the output: No space left on device\n"
+
+
+def test_ctrl_c_while_the_commands_load():
+    """Importing torch takes the first second or two of every command: Ctrl-C then is answered as
+    anywhere else. The import of torch is interrupted on purpose here."""
+    interrupt = ("import runpy, sys\n"
+                 "class Interrupt:\n"
+                 "    def find_spec(self, name, path=None, target=None):\n"
+                 "        if name == 'torch':\n"
+                 "            raise KeyboardInterrupt\n"
+                 "sys.meta_path.insert(0, Interrupt())\n"
+                 "runpy.run_module('hmdf_deploy.cli', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", interrupt, "--version"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, timeout=300)
+    assert (result.returncode, result.stderr, result.stdout) == (130, "error: interrupted\n", "")
 
 
 @pytest.mark.parametrize("count", [0, -3])
@@ -503,16 +552,6 @@ def test_not_an_npz_is_one_error_line(case, content, fragment, world, tmp_path):
     assert_user_error(hmdf("run", world["hmdf"], "--stream", path), str(path), fragment)
 
 
-def test_bad_file_in_a_directory_prints_nothing_else(world, tmp_path):
-    """An error in the third file of a directory: one error line, and no partial JSON before it."""
-    folder = tmp_path / "mixed"
-    folder.mkdir()
-    for k, f in enumerate(world["files"][:2]):
-        (folder / f"{k}.npz").write_bytes(f.read_bytes())
-    _save(folder / "2.npz", events=_events(t=np.array([0, 10, 5, 250, 900])), sensor_size=np.array(SENSOR))
-    assert_user_error(hmdf("run", world["hmdf"], "--stream", folder, "--json"), "2.npz", "not sorted")
-
-
 # ------------------------------------------------------------------------ bad options and models
 def test_missing_model_file(world, tmp_path):
     assert_user_error(hmdf("run", tmp_path / "nope.hmdf", "--stream", world["files"][0]), "nope.hmdf", "not found")
@@ -570,9 +609,38 @@ def test_missing_or_empty_stream_path(world, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--time-window", 0], "time_window must be a positive integer"),
-    (["--event-count", -2], "event_count must be a positive integer"),
-    (["--time-window", 1000, "--event-count", 10], "give exactly one"),
+    (["--time-window", 0], "--time-window must be an integer from 1 to 2**62, got 0"),
+    (["--event-count", -2], "--event-count must be an integer from 1 to 2**62, got -2"),
+    (["--event-count", 10**30], f"--event-count must be an integer from 1 to 2**62, got {10**30}"),
+    (["--time-window", 1000, "--event-count", 10], "give --time-window or --event-count, not both"),
 ])
 def test_bad_binning_options(args, fragment, world):
     assert_user_error(hmdf("run", world["hmdf"], "--stream", world["files"][0], *args), fragment)
+
+
+def test_a_label_outside_the_models_classes_is_refused(world, tmp_path):
+    rec = read_events(world["files"][0])
+    write_events(tmp_path / "bad.npz", EventRecording(rec.events, rec.sensor_size, 10))
+    assert_user_error(hmdf("run", world["hmdf"], "--stream", tmp_path / "bad.npz"),
+                      "bad.npz: label 10 is not one of the model's 10 classes (0 to 9)")
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["table", "json"])
+def test_files_done_before_a_bad_one_are_reported(world, tmp_path, json_flag):
+    """A directory read in name order: the good recordings' results come out, then the error line
+    (exit 2). The whole-directory `accuracy` line of --json comes only after every file."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for f in world["files"]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "zzz.npz").write_bytes(b"not a zip")
+    result = hmdf("run", world["hmdf"], "--stream", folder, "--backend", "torch", *json_flag)
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        f"error: {folder / 'zzz.npz'}: not an .npz archive (expected a zip written by numpy.savez)."]
+    if json_flag:
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [x["summary"]["prediction"] for x in lines if "summary" in x] == world["preds"]
+        assert not any("accuracy" in x for x in lines)
+    else:
+        assert f"{N_FILES} recordings" in result.stdout
+        assert all(f.name in result.stdout for f in world["files"])

@@ -125,8 +125,20 @@ def test_binning_options_are_exclusive():
         to_frames(hand_events(), SENSOR, n_time_bins=2, event_count=3)
     with pytest.raises(HmdfError, match="split='count' applies to n_time_bins"):
         to_frames(hand_events(), SENSOR, time_window=10, split="count")
-    with pytest.raises(HmdfError, match="positive integer"):
+    with pytest.raises(HmdfError, match=r"n_time_bins must be an integer from 1 to 2\*\*62, got 0"):
         to_frames(hand_events(), SENSOR, n_time_bins=0)
+    with pytest.raises(HmdfError, match=rf"event_count must be an integer from 1 to 2\*\*62, got {10**30}"):
+        to_frames(hand_events(), SENSOR, event_count=10**30)
+
+
+def test_time_windows_refuse_a_span_that_overflows_the_bin_arithmetic():
+    """(t − t0) · T would pass int64: a timestamp 2**62 µs (146 000 years) after the first."""
+    ev = hand_events()
+    ev["t"][-1] = 2**62
+    with pytest.raises(HmdfError, match=r"the events span 4,611,686,018,427,387,905 µs .* too long to cut into 4 "):
+        to_frames(ev, SENSOR, n_time_bins=4)
+    ev["t"][-1] = 2**59  # · 4 still fits: binned, the last event alone in the last window
+    assert to_frames(ev, SENSOR, n_time_bins=4)[-1].sum() == 1
 
 
 def test_to_frames_checks_the_sensor():

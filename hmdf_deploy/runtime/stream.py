@@ -58,6 +58,9 @@ def stream(engine: Engine, path: Path, *, on_step: Callable[[StepResult, float],
         t0 = time.perf_counter()
         result = engine.step(frame[None])
         ms = 1000 * (time.perf_counter() - t0)
+        if not report.steps and label is not None and not 0 <= label < result.logits.shape[-1]:
+            raise HmdfError(f"{path}: label {label} is not one of the model's {result.logits.shape[-1]} classes "
+                            f"(0 to {result.logits.shape[-1] - 1})")
         report.latencies_ms.append(ms)
         report.steps += 1
         report.blank_steps += not frame.any()
