@@ -21,6 +21,7 @@ from hmdf_deploy.training import Progress as TrainProgress
 
 @ui.handle_errors
 def train(
+    ctx: typer.Context,
     dataset: str = typer.Option("digits", help=f"One of: {', '.join(DATASETS)}."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder with cifar10/cifar100/dvs-cifar10 files."),
     model: Optional[str] = typer.Option(None, help="vgg11, resnet18, resnet19, resnet34 or a VGG cfg like 64,128,M,256,M."),
@@ -50,8 +51,10 @@ def train(
     Example: hmdf train --dataset digits --weights 1.5bit --spikes 4bit --out runs/digits
     """
     if resume_dir is not None:
-        if out is not None:
-            raise HmdfError("--resume continues an existing run in place; it takes no --out")
+        given = _given_options(ctx, besides={"resume_dir", "json_out"})
+        if given:  # they would be ignored: the run's own config.json says how it trains
+            raise HmdfError(f"--resume continues the run in place, as configured in {resume_dir / 'config.json'}; "
+                            f"it takes no {', '.join(given)}")
         run_dir = resume_dir
         call = lambda **kw: resume(run_dir, **kw)  # noqa: E731
     else:
@@ -79,6 +82,19 @@ def train(
             ui.fail(str(e), code=130)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for all
         _report(run_dir, record, json_out)
+
+
+def _given_options(ctx: typer.Context, besides: set[str]) -> list[str]:
+    """The options given on the command line (as typed, e.g. --no-mix), other than `besides`.
+    (Sources are compared by name: typer carries its own copy of click's ParameterSource.)"""
+    given = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name in besides or source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            continue
+        opts = param.secondary_opts if param.secondary_opts and ctx.params.get(param.name) is False else param.opts
+        given.append(max(opts, key=lambda o: o.startswith("--")))
+    return given
 
 
 def _or(value, default):

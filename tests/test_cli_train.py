@@ -225,6 +225,12 @@ ERRORS = [
     ("lr-zero", lambda tmp, run: digits("--lr", "0", "--out", tmp / "r"), r"--lr must be a positive number", False),
     ("resume-missing", lambda tmp, run: ["--resume", tmp / "nope"], r"config.json not found", True),
     ("resume-with-out", lambda tmp, run: ["--resume", run, "--out", tmp / "r"], r"--resume .* takes no --out", False),
+    # every training or model option would be ignored by a resume: refused, all named, as typed
+    ("resume-with-options", lambda tmp, run: ["--resume", run, "--epochs", "3", "--lr", "0.001", "--dataset", "digits"],
+     r"--resume continues the run in place, as configured in .*existing/config.json; "
+     r"it takes no --dataset, --epochs, --lr$", False),
+    ("resume-with-flags", lambda tmp, run: ["--resume", run, "--no-mix", "-T", "3", "--model", "8,M", "--seed", "0"],
+     r"as configured in .*existing/config.json; it takes no --model, --T, --no-mix, --seed$", False),
     ("cifar10-no-data-dir", lambda tmp, run: ["--dataset", "cifar10", *TINY, "--out", tmp / "r"], r"--data-dir", True),
     ("cifar10-missing-data-dir", lambda tmp, run: ["--dataset", "cifar10", *TINY, "--data-dir", tmp / "none", "--out", tmp / "r"],
      r"cifar10 file not found", True),
