@@ -665,6 +665,21 @@ def test_truncated_and_code_carrying_files_are_refused(small_files, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("content, holds", [
+    (lambda: torch.zeros(3), "a single tensor of shape (3,)"),  # a tensor has no truth value
+    (lambda: {"model": {}}, "an empty dict"),
+    (lambda: [torch.zeros(1)], "a list"),
+    (lambda: {"conv.weight": torch.zeros(1), "epoch": 3}, "a dict whose values are not all tensors"),
+], ids=["tensor", "empty-model", "list", "mixed-dict"])
+def test_a_file_without_a_state_dict_is_one_line(tmp_path, content, holds):
+    path = tmp_path / "t.pth"
+    torch.save(content(), path)
+    line = assert_user_error(invoke(path, "--from", "hdlif", "-o", tmp_path / "r"))
+    assert line == (f"error: {path} is neither the reference's checkpoint (a dict with a 'model' state_dict) "
+                    f"nor a bare state_dict of tensors: it holds {holds}")
+    assert not (tmp_path / "r").exists()
+
+
 class _Custom:
     def __init__(self) -> None:
         self.weight = torch.zeros(2)

@@ -178,13 +178,22 @@ def load_checkpoint(path: Path) -> Checkpoint:
         epoch, acc = obj.get("snn_epoch"), obj.get("snn_max_acc1")
         obj = obj["model"]
     is_state = isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
-    if not obj or not is_state:
+    if not is_state or not obj:  # (a bare tensor has no truth value: is_state goes first)
         raise HmdfError(f"{path} is neither the reference's checkpoint (a dict with a 'model' state_dict) "
-                        "nor a bare state_dict of tensors")
+                        f"nor a bare state_dict of tensors: it holds {_what(obj)}")
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
     if len(state) != len(obj):
         raise HmdfError(f"{path} holds keys both with and without the 'module.' prefix")
     return Checkpoint(state, _number(epoch, int), _number(acc, float))
+
+
+def _what(obj) -> str:
+    """What a loaded checkpoint holds instead of a state dict, in a few words."""
+    if isinstance(obj, Tensor):
+        return f"a single tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, dict):
+        return "an empty dict" if not obj else "a dict whose values are not all tensors"
+    return f"a {type(obj).__name__}"
 
 
 def _number(value, kind: type):
