@@ -6,6 +6,7 @@ Everything here runs a tiny VGG (two conv units) on random tensors or on the 8×
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import re
@@ -646,11 +647,13 @@ def test_save_weights_failure_keeps_the_old_weights(tmp_path, monkeypatch, read_
     path = tmp_path / "model.safetensors"
     ckpt.save_weights(path, {"w": torch.ones(3)})
 
-    def broken(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"\x00" * 7)
+    real = Path.write_bytes
+
+    def broken(path, data):
+        real(path, data[:7])
         raise KeyboardInterrupt  # a kill in the middle of the write
 
-    monkeypatch.setattr(ckpt, "save_file", broken)
+    monkeypatch.setattr(Path, "write_bytes", broken)
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_weights(path, {"w": torch.zeros(3)})
     assert torch.equal(read_weights(path)["w"], torch.ones(3))
@@ -661,25 +664,26 @@ def test_failed_checkpoint_leaves_the_previous_one_and_resume_recovers(
     tmp_path, monkeypatch, straight, read_weights, assert_same_weights
 ):
     out = tmp_path / "run"
-    real_save = torch.save
+    real_write = Path.write_bytes
     saves = []
     snapshot = {}
 
-    def failing_save(obj, f, *a, **kw):
-        saves.append(f)
-        if len(saves) == 2:  # the checkpoint at the end of epoch 2
-            Path(f).write_bytes(b"PK\x03\x04 truncated")
-            raise OSError("no space left on device")
-        return real_save(obj, f, *a, **kw)
+    def failing_write(path, data):
+        if path.name.startswith(".train_state.pt."):
+            saves.append(path)
+            if len(saves) == 2:  # the checkpoint at the end of epoch 2
+                real_write(path, data[:16])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(path, data)
 
     class Snap(Progress):
         def epoch(self, record):
             snapshot[record["epoch"]] = (out / "train_state.pt").read_bytes()
 
-    monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="no space left"):
+    monkeypatch.setattr(Path, "write_bytes", failing_write)
+    with pytest.raises(WriteError, match=f"^cannot write {re.escape(str(out / 'train_state.pt'))}: No space left on device$"):
         start(out, model_config(), train_config(), progress=Snap())
-    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(Path, "write_bytes", real_write)
 
     assert (out / "train_state.pt").read_bytes() == snapshot[1]
     assert load_state(out)["position"]["epoch"] == 1
