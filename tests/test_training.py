@@ -875,3 +875,64 @@ def test_load_trained_errors(tmp_path, straight):
     ckpt.save_weights(run / "model.safetensors", {"classifier.weight": torch.zeros(10, 64)})
     with pytest.raises(HmdfError, match="does not match config.json"):
         load_trained(run)
+
+
+def test_load_trained_names_weights_whose_shapes_do_not_match_config(tmp_path, straight):
+    """config.json edited to other channel counts: one HmdfError naming the tensors (load_state_dict
+    with strict=False still raises a RuntimeError on shapes)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight(False), run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["cfg"] = [4, "M", 16, "M"]
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HmdfError) as e:
+        load_trained(run)
+    message = str(e.value)
+    assert message.startswith(f"{run / 'model.safetensors'} does not match config.json (") and "\n" not in message
+    assert re.search(r"\(8, 1, 3, 3\), config.json makes it \(4, 1, 3, 3\)", message), message
+    assert "more)" in message  # every tensor of the first unit and the next conv differ; three are named
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from hmdf_deploy.cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line(result, pattern: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    assert "Traceback" not in result.output and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and re.fullmatch(pattern, lines[0]), result.stderr
+
+
+def test_unreadable_run_directories_are_one_line_in_the_cli(tmp_path, straight):
+    import shutil
+
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(straight(False), mismatch)
+    config = json.loads((mismatch / "config.json").read_text())
+    config["model"]["cfg"] = [4, "M", 16, "M"]
+    (mismatch / "config.json").write_text(json.dumps(config))
+    assert_one_line(cli("quantize", mismatch, "-o", tmp_path / "m.hmdf"),
+                    rf"error: {re.escape(str(mismatch / 'model.safetensors'))} does not match config.json \(.*\)")
+
+    folder = tmp_path / "folder"
+    shutil.copytree(straight(False), folder)
+    (folder / "config.json").unlink()
+    (folder / "config.json").mkdir()
+    line = rf"error: cannot read {re.escape(str(folder / 'config.json'))}: Is a directory"
+    assert_one_line(cli("quantize", folder, "-o", tmp_path / "f.hmdf"), line)
+    assert_one_line(cli("train", "--resume", folder), line)
+
+    file = tmp_path / "model.hmdf"
+    file.write_bytes(b"not a run")
+    assert_one_line(cli("train", "--resume", file), rf"error: --resume {re.escape(str(file))} is a file; "
+                                                    r"give a training run directory")
+    with pytest.raises(HmdfError, match=r"cannot read .*model.hmdf/config.json: Not a directory"):
+        load_run_config(file)
+    assert not (tmp_path / "m.hmdf").exists() and not (tmp_path / "f.hmdf").exists()

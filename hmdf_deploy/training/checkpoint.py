@@ -39,6 +39,8 @@ def read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise HmdfError(f"{path} not found: is this a training run directory?") from None
+    except OSError as e:  # a folder in its place, a file as the run directory, no permission
+        raise HmdfError(f"cannot read {path}: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HmdfError(f"{path} is not valid JSON ({e})") from None
 

@@ -127,6 +127,8 @@ def _never_saved(out: Path) -> bool:
 def resume(run_dir: Path, **kw) -> dict:
     """Continue the run in `run_dir` from its last checkpoint."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise HmdfError(f"--resume {run_dir} is a file; give a training run directory")
     model_config, train_config = load_run_config(run_dir)  # no train_state.pt yet: starts from epoch 0
     if "import" in ckpt.read_json(run_dir / ckpt.CONFIG):
         raise HmdfError(f"{run_dir} holds an imported checkpoint, not a training run: it cannot be resumed")
@@ -149,10 +151,18 @@ def load_trained(run_dir: Path) -> torch.nn.Module:
     model_config, _ = load_run_config(run_dir)
     model = build_model(model_config)
     weights = ckpt.load_weights(Path(run_dir) / ckpt.WEIGHTS)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
     if missing or unexpected:
         raise HmdfError(f"{run_dir / ckpt.WEIGHTS} does not match config.json "
                         f"(missing: {', '.join(missing) or '-'}; unexpected: {', '.join(unexpected) or '-'})")
+    shapes = [f"{k} is {tuple(weights[k].shape)}, config.json makes it {tuple(v.shape)}"
+              for k, v in expected.items() if weights[k].shape != v.shape]
+    if shapes:
+        more = f" and {len(shapes) - 3} more" if len(shapes) > 3 else ""
+        raise HmdfError(f"{run_dir / ckpt.WEIGHTS} does not match config.json ({'; '.join(shapes[:3])}{more})")
+    model.load_state_dict(weights)
     return model.eval()
 
 
