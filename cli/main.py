@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
 from hmdf_deploy import __version__
 from hmdf_deploy.cli import ui
+from hmdf_deploy.errors import HmdfWarning
 from hmdf_deploy.cli.deploy import inspect, quantize
 from hmdf_deploy.cli.export import export
 from hmdf_deploy.cli.importer import import_checkpoint
@@ -35,6 +37,8 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     ui.settings["debug"] = debug
+    warnings.simplefilter("always", HmdfWarning)  # one line per file it concerns, not once per session
+    warnings.showwarning = ui.show_warning
 
 
 app.command(no_args_is_help=False)(train)

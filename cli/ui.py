@@ -72,6 +72,11 @@ def fail_line(message: str) -> None:
     err.print(f"error: {' '.join(message.split())}", markup=False, highlight=False)
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """`warnings.showwarning` for the CLI: `warning: message` as one line on stderr, no source line."""
+    err.print(f"warning: {' '.join(str(message).split())}", highlight=False)
+
+
 def emit_json(obj: Any) -> None:
     """One JSON object on stdout (for --json); NaN and ±Inf become null, so that it stays JSON."""
     sys.stdout.write(json.dumps(_finite(obj), allow_nan=False) + "\n")

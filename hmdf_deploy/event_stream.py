@@ -98,9 +98,14 @@ def _open(zf: zipfile.ZipFile, names: set[str], path: Path, where: str, chunk_ev
             _NpyReader(zf, member, where, shape_1d=False)
         if "frames.npy" in names and "events.npy" not in names and "x.npy" not in names:
             raise HmdfError(f"{where} holds pre-binned frames: run it without --time-window / --event-count")
-        if "sensor_size.npy" not in names and sensor_size is None:
+        if "sensor_size.npy" in names:
+            size = _check_sensor_size(_small(zf, "sensor_size.npy"), where)
+        elif "events.npy" in names:  # Tonic's layout always carries it (as `read_events` requires)
+            raise HmdfError(f"{where}: missing key 'sensor_size' (W, H, P) next to 'events'.")
+        elif sensor_size is not None:
+            size = _check_sensor_size(sensor_size, where)
+        else:
             raise HmdfError(f"{where}: streaming needs a 'sensor_size' key (W, H, P)")
-        size = _check_sensor_size(_small(zf, "sensor_size.npy") if "sensor_size.npy" in names else sensor_size, where)
         label = None
         if "label.npy" in names:
             value = _small(zf, "label.npy")

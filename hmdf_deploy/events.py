@@ -18,6 +18,7 @@ tensor, the network's input.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hmdf_deploy.atomic import atomic_write
-from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.errors import HmdfError, HmdfWarning
 
 __all__ = [
     "EVENT_DTYPE",
@@ -69,10 +70,19 @@ class Framing:
     """How a whole recording becomes a model's T input frames, as its training data was made
     (`hmdf_deploy.data.framing` knows each dataset's): ``split`` "time" (T equal time windows) or
     "count" (equal event counts, SpikingJelly's split by number), and the ``sensor_size``
-    (W, H, P) to assume for files that carry none (SpikingJelly's layout) instead of inferring it."""
+    (W, H, P) of the training recordings: assumed for files that carry none (SpikingJelly's layout)
+    instead of inferring it, and compared with those that do."""
 
     split: str = "time"
     sensor_size: tuple[int, int, int] | None = None
+
+    def check_sensor(self, sensor_size: tuple[int, int, int], where: str) -> None:
+        """Warn (`HmdfWarning`) when a recording comes from another sensor than the training data's:
+        it runs, resized to the model's input, but the model never saw such frames."""
+        if self.sensor_size is not None and tuple(sensor_size[:2]) != tuple(self.sensor_size[:2]):
+            warnings.warn(f"{where} was recorded on a {sensor_size[0]}×{sensor_size[1]} sensor, the model's training "
+                          f"data on {self.sensor_size[0]}×{self.sensor_size[1]}: its events are resized to the "
+                          "model's input, which it may not recognise", HmdfWarning, stacklevel=2)
 
 
 def make_events(x, y, t, p) -> np.ndarray:
@@ -266,9 +276,11 @@ def read_events(path: str | os.PathLike, *, sensor_size=None) -> EventRecording:
     where = str(path)
     fields = _event_fields(arrays, where)
     frames = _check_frames(arrays["frames"], where) if "frames" in arrays else None
-    size = arrays.get("sensor_size", sensor_size)
-    if size is None:
-        size = _infer_sensor_size(fields, where) if fields is not None else _frames_size(frames)
+    size = arrays.get("sensor_size")
+    if size is None and fields is not None:
+        size = sensor_size if sensor_size is not None else _infer_sensor_size(fields, where)
+    elif size is None:
+        size = _frames_size(frames)
     if fields is not None:
         events, size = validate_events(fields, size, where)
     else:
@@ -491,6 +503,8 @@ def recording_frames(path: Path, input_shape: tuple[int, int, int], T: int, fram
     says; `time_window` (µs) or `event_count` cut a long recording into as many frames as it holds.
     """
     rec = read_events(path, sensor_size=framing.sensor_size)
+    if rec.frames is None:  # pre-binned frames carry no sensor to compare
+        framing.check_sensor(rec.sensor_size, str(path))
     size = tuple(input_shape[1:])
     if rec.frames is not None:
         frames = rec.frames if rec.frames.shape[-2:] == size else resize_frames(rec.frames, size)

@@ -644,3 +644,17 @@ def test_files_done_before_a_bad_one_are_reported(world, tmp_path, json_flag):
     else:
         assert f"{N_FILES} recordings" in result.stdout
         assert all(f.name in result.stdout for f in world["files"])
+
+
+@pytest.mark.parametrize("binning", [[], ["--event-count", 500]], ids=["T-frames", "streamed"])
+def test_a_recording_from_another_sensor_runs_with_a_warning(world, tmp_path, binning):
+    """The model was trained on 32×32 neuro-digits recordings: the same events declared on a 128×128
+    sensor are resized to 16×16 too, shrunk into a corner; it runs, and says so in one line."""
+    rec = read_events(world["files"][0])
+    write_events(tmp_path / "big.npz", EventRecording(rec.events, (128, 128, 2), rec.label))
+    result = hmdf("run", world["hmdf"], "--stream", tmp_path / "big.npz", "--json", *binning)
+    assert result.exit_code == 0 and result.stderr.splitlines() == [
+        f"warning: {tmp_path / 'big.npz'} was recorded on a 128×128 sensor, the model's training data on 32×32: "
+        "its events are resized to the model's input, which it may not recognise"]
+    assert json.loads(result.stdout.splitlines()[-1])["summary"]["steps"] > 0
+    assert_success(hmdf("run", world["hmdf"], "--stream", world["files"][0], "--json", *binning))  # no warning

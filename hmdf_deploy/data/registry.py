@@ -95,6 +95,10 @@ def framing(dataset: str | None) -> Framing:
         from hmdf_deploy.data.dvs import FRAMING
 
         return FRAMING
+    if dataset == "neuro-digits":
+        from hmdf_deploy.data.event_camera import SENSOR_SIZE
+
+        return Framing("time", SENSOR_SIZE)
     return Framing()
 
 

@@ -80,6 +80,7 @@ def _frames(path: Path, engine: Engine, time_window, event_count) -> tuple[Itera
         return recording_frames(path, engine.input_shape, engine.T, engine.framing)
     header, frames = iter_frames(path, tuple(engine.input_shape[1:]), time_window=time_window, event_count=event_count,
                                  sensor_size=engine.framing.sensor_size)
+    engine.framing.check_sensor(header.sensor_size, str(path))
     if header.sensor_size[2] != engine.input_shape[0]:
         raise HmdfError(f"{path} has {header.sensor_size[2]} polarity channels; the model takes {engine.input_shape[0]}")
     return frames, header.label, header.events
