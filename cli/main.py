@@ -9,12 +9,12 @@ import typer
 
 from hmdf_deploy import __version__
 from hmdf_deploy.cli import ui
-from hmdf_deploy.errors import HmdfWarning
 from hmdf_deploy.cli.deploy import inspect, quantize
 from hmdf_deploy.cli.export import export
 from hmdf_deploy.cli.importer import import_checkpoint
 from hmdf_deploy.cli.run import data, run
 from hmdf_deploy.cli.train import train
+from hmdf_deploy.errors import HmdfWarning
 
 app = typer.Typer(
     name="hmdf",
