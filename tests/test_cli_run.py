@@ -598,7 +598,12 @@ def test_triton_backend_without_a_gpu(world, monkeypatch):
 
 
 def test_sequence_graph_is_refused(world):
-    assert_user_error(hmdf("run", world["sequence"], "--stream", world["files"][0]), "not an hmdf step graph")
+    assert_user_error(hmdf("run", world["sequence"], "--stream", world["files"][0]),
+                      f"{world['sequence']} is not an hmdf step graph")
+
+
+def test_a_stream_that_is_no_file_says_so(world):
+    assert_user_error(hmdf("run", world["hmdf"], "--stream", "/dev/null"), "/dev/null is not a file")
 
 
 def test_missing_or_empty_stream_path(world, tmp_path):

@@ -65,7 +65,8 @@ class OnnxBackend:
                             f"{str(e).splitlines()[0]}") from None
         inputs = {i.name: i for i in self.session.get_inputs()}
         if "t" not in inputs or "x" not in inputs:
-            raise HmdfError("this ONNX file is not an hmdf step graph (it needs inputs x and t); export it with --graph step")
+            what = model if isinstance(model, Path) else "this ONNX model"
+            raise HmdfError(f"{what} is not an hmdf step graph (it needs inputs x and t); export it with --graph step")
         self.states = {k[len("state_in."):]: inputs[k].shape[1:] for k in inputs if k.startswith("state_in.")}
         self.outputs = [o.name for o in self.session.get_outputs()]
         meta = self.session.get_modelmeta().custom_metadata_map

@@ -103,5 +103,5 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise HmdfError(f"{p} not found")
+            raise HmdfError(f"{p} is not a file" if p.exists() else f"{p} not found")
     return out
