@@ -61,7 +61,7 @@ def train(
         if dataset not in DATASETS:
             raise HmdfError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
         recipe = RECIPES[dataset]
-        arch, cfg = arch_from_name(model or recipe["model"])
+        arch, cfg = arch_from_name(_or(model, recipe["model"]))  # an empty --model is refused, not the default
         model_config = ModelConfig(
             arch=arch, cfg=cfg, T=_or(T, recipe["T"]), neuron=neuron, weights=weights,
             spikes=spikes, parallel=parallel, mem_bn=mem_bn, seca=seca, pool=pool,

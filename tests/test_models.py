@@ -345,6 +345,11 @@ def test_vgg11_events_keys_and_parameters():
         (dict(seca=3), "unknown seca 3"),
         (dict(arch="resnet18", width=0), "width and in_channels must be positive"),
         (dict(num_classes=1), "num_classes at least 2"),
+        (dict(T=1025), "--T must be at most 1024, got 1025"),
+        (dict(arch="resnet18", width=1025), "--width must be at most 1024"),
+        (dict(cfg=[8, 8193, "M"]), "bad model cfg entry 8193: a layer of --model has 1 to 8192 channels"),
+        (dict(cfg=[8, 0, "M"]), "bad model cfg entry 0"),  # from a config.json: parse_vgg_cfg never saw it
+        (dict(cfg=[True, "M"]), "bad model cfg entry True"),
     ],
 )
 def test_validate_errors(kwargs, message):
@@ -360,6 +365,8 @@ def test_valid_edge_configs_pass():
     """SPEC §11: three M on 8×8 is fine (1×1 left); G after M; T = 1."""
     ModelConfig(cfg=[8, "M", "M", "M"], input_size=(8, 8), T=1).validate()
     ModelConfig(cfg=[8, "M", 8, "G"], input_size=(4, 4)).validate()
+    ModelConfig(cfg=[8192, "M"], T=1024).validate()  # the documented bounds themselves
+    ModelConfig(arch="resnet18", width=1024).validate()
 
 
 def test_parse_vgg_cfg():

@@ -12,6 +12,15 @@ ARCHS = ("vgg", "resnet18", "resnet19", "resnet34")
 NEURONS = ("hmdf", "lif")
 POOLS = ("avg", "max")
 STEMS = ("cifar", "imagenet")
+#: Upper bounds, so that a mistyped huge value is one line naming the option instead of an overflow
+#: deep in torch. T: the paper uses 4-10 steps; every step is a forward pass of the whole network,
+#: and 1024 steps already make a single digits epoch take hours. Channels: the widest layer of the
+#: paper's networks has 512; 8192 is 16× that (one 3×3 conv of 8192 → 8192 holds 604 M weights,
+#: 2.4 GB in fp32). The ResNet base width is bounded so that its widest stage (8× the base) stays
+#: within MAX_CHANNELS.
+MAX_T = 1024
+MAX_CHANNELS = 8192
+MAX_WIDTH = MAX_CHANNELS // 8
 #: The paper's VGG-SNN for 2×48×48 events (SPEC §11); "M" is the pool, "G" a global average pool.
 VGG11 = (64, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
@@ -46,6 +55,8 @@ class ModelConfig:
                 raise HmdfError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}")
         if self.T < 1:
             raise HmdfError(f"T must be at least 1, got {self.T}")
+        if self.T > MAX_T:
+            raise HmdfError(f"--T must be at most {MAX_T}, got {self.T}")
         if self.neuron == "lif" and (self.spikes != "float" or self.parallel or self.mem_bn):
             raise HmdfError("the LIF baseline has binary spikes: it takes no --spikes 4bit, --parallel or --mem-bn")
         if self.parallel and not self.arch.startswith("resnet"):
@@ -54,6 +65,9 @@ class ModelConfig:
             check_vgg_cfg(self.cfg, self.input_size)
         if self.width < 1 or self.in_channels < 1 or self.num_classes < 2:
             raise HmdfError("width and in_channels must be positive and num_classes at least 2")
+        if self.width > MAX_WIDTH:
+            raise HmdfError(f"--width must be at most {MAX_WIDTH} (the widest ResNet stage is 8× as wide, "
+                            f"at most {MAX_CHANNELS} channels), got {self.width}")
         return self
 
     def to_dict(self) -> dict:
@@ -99,3 +113,5 @@ def check_vgg_cfg(cfg: list, input_size: tuple[int, int]) -> None:
             h, w = 1, 1
         elif not isinstance(c, int):
             raise HmdfError(f"bad model cfg entry {c!r}")
+        elif isinstance(c, bool) or not 1 <= c <= MAX_CHANNELS:
+            raise HmdfError(f"bad model cfg entry {c!r}: a layer of --model has 1 to {MAX_CHANNELS} channels")
