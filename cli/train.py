@@ -84,6 +84,12 @@ def train(
         _report(run_dir, record, json_out)
 
 
+train.__doc__ = train.__doc__.rstrip() + "\n\n" + "\n\n".join(  # the defaults the help of --model, --T, --epochs, … refers to
+    ["Defaults per dataset (model, T, epochs, batch size, lr):"]
+    + [f"{name}: {r['model']}, T={r['T']}, {r['epochs']} epochs, batch {r['batch_size']}, lr {r['lr']}"
+       for name, r in RECIPES.items()])
+
+
 def _given_options(ctx: typer.Context, besides: set[str]) -> list[str]:
     """The options given on the command line (as typed, e.g. --no-mix), other than `besides`.
     (Sources are compared by name: typer carries its own copy of click's ParameterSource.)"""

@@ -187,6 +187,9 @@ def test_help_has_an_example():
     result = hmdf("train", "--help")
     assert result.exit_code == 0
     assert "Example: hmdf train" in result.stdout and "--resume" in result.stdout
+    # the options' "default per dataset" is spelled out
+    assert "neuro-digits: 16,M,32,M,64,M, T=8, 8 epochs, batch 64, lr 0.05" in result.stdout
+    assert "dvs-cifar10: vgg11, T=10, 300 epochs" in result.stdout
 
 
 # --------------------------------------------------------------------------------------------
