@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from hmdf_deploy.cli import ui
+from hmdf_deploy.data import describe_input, input_spec
 from hmdf_deploy.deploy import load_hmdf, save_hmdf
 from hmdf_deploy.deploy.inputs import sample_sequence
 from hmdf_deploy.deploy.quantize import quantize_run
@@ -82,7 +83,8 @@ def inspect(
     rows = layer_rows(model)
     costs = measure_costs(model, sample_sequence(model, events=events, samples=samples))
     info = {"T": model.T, "input_shape": list(model.input_shape), "event": model.event,
-            "spikes": model.spikes, "num_classes": model.num_classes, "source": model.source}
+            "spikes": model.spikes, "num_classes": model.num_classes, "source": model.source,
+            "input": input_spec(model.source.get("dataset"))}
     cost = {"sops": costs.sops, "nops": costs.nops, "energy_mj": costs.energy_mj, "spike_rate": costs.spike_rate}
     if json_out:
         ui.emit_json({"path": str(model_path), "file_bytes": os.path.getsize(model_path), **info,
@@ -90,6 +92,7 @@ def inspect(
         return
     ui.out.print(_layer_table(f"{model_path} ({os.path.getsize(model_path):,} bytes), T={model.T}, "
                               f"spikes {model.spikes}", rows))
+    ui.out.print(f"input {' × '.join(map(str, model.input_shape))}: {describe_input(info['input'])}")
     ui.out.print(ui.table("costs per sample (SPEC §10)", ["figure", "value"], [
         ["SOPs (convs but the stem, summed over T)", f"{costs.sops:,.0f}"],
         ["NOPs", f"{costs.nops:,.0f}"],

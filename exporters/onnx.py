@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hmdf_deploy import __version__
 from hmdf_deploy.atomic import atomic_write
+from hmdf_deploy.data import input_spec
 from hmdf_deploy.deploy.graph import SECA, Add, Conv, DeployModel, Flatten, Neuron, Pool, Synapse
 from hmdf_deploy.deploy.hmdf_file import weight_scheme
 from hmdf_deploy.deploy.pack import pack_signs, pack_trits_2bit
@@ -329,6 +330,7 @@ def build_onnx(model: DeployModel, graph: str = "step", path: str = "lowbit", op
         "hmdf.states": json.dumps({k: list(s) for k, s in shapes.items()}),
         "hmdf.packing": "int2+dequantize (ternary), uint8 signs+unpack (binary)" if path != "float" else "float32",
         "hmdf.dataset": str(model.source.get("dataset", "")),
+        "hmdf.input": json.dumps(input_spec(model.source.get("dataset"))),
         "hmdf.source_checksum": str(model.source.get("checksum", model.source.get("run_sha256", ""))),
     }
     helper.set_model_props(proto, meta)

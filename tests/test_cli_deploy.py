@@ -344,7 +344,8 @@ def test_inspect_table(ternary_file):
     assert_ok(result)
     out = result.stdout
     for text in ("features.0.conv", "features.2.conv", "classifier", "T=2", "spikes 4bit", "SOPs", "NOPs",
-                 "energy", "spike rate", f"{3 * NEURONS_PER_STEP * T:,}", f"{path.stat().st_size:,} bytes"):
+                 "energy", "spike rate", f"{3 * NEURONS_PER_STEP * T:,}", f"{path.stat().st_size:,} bytes",
+                 "input 1 × 8 × 8: image: x = pixel / 16; the same x at every step"):
         assert text in out, text
     assert "…" not in out  # not a terminal: rich would cut cells at 80 columns
     assert result.stderr.strip() == ""
@@ -382,6 +383,7 @@ def test_inspect_events_file(neuro_model, events_file):
     assert_ok(result)
     info = json.loads(result.stdout)
     assert info["event"] is True and info["input_shape"] == [2, 16, 16] and info["T"] == 3
+    assert info["input"] == {"kind": "events", "split": "time", "sensor_size": [32, 32, 2]}
     costs = info["costs"]
     assert costs["nops"] == 3 * (4 * 16 * 16 + 8 * 8 * 8) * 3
     # the same recording, binned here into T equal time windows at 16×16 and run through the

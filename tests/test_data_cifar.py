@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmdf_deploy.data import DataInfo, load_dataset
+from hmdf_deploy.data import DataInfo, input_spec, load_dataset
 from hmdf_deploy.data.cifar import _SafeUnpickler
 from hmdf_deploy.errors import HmdfError
 
@@ -112,6 +112,16 @@ def test_cifar100_loads_fine_labels(tmp_path):
     assert train.y.tolist() == train_y and test.y.tolist() == test_y
     mean, std = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
     np.testing.assert_allclose(train.x.numpy(), _normalised(train_x, mean, std), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, make", [("cifar10", make_cifar10), ("cifar100", make_cifar100)])
+def test_input_spec_reproduces_the_loaded_images(tmp_path, name, make):
+    """What exported files tell a receiver (ONNX metadata hmdf.input) is what training saw."""
+    _, _, test_x, _ = make(tmp_path)
+    spec = input_spec(name)
+    mean, std = (np.array(spec[k], np.float32)[:, None, None] for k in ("mean", "std"))
+    x = (test_x.reshape(-1, 3, 32, 32) / spec["divide"] - mean) / std
+    np.testing.assert_allclose(load_dataset(name, T=4, data_dir=tmp_path)[1].x.numpy(), x, rtol=1e-6, atol=1e-6)
 
 
 def test_missing_data_names_the_expected_path(tmp_path):

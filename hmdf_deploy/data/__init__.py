@@ -8,14 +8,16 @@ frames per class folder).
 
 from hmdf_deploy.data.augment import augment_batch, mix_batch
 from hmdf_deploy.data.event_camera import make_neuro_digit_recordings
-from hmdf_deploy.data.registry import DATASETS, DataInfo, Split, framing, load_dataset
+from hmdf_deploy.data.registry import DATASETS, DataInfo, Split, describe_input, framing, input_spec, load_dataset
 
 __all__ = [
     "DATASETS",
     "DataInfo",
     "Split",
     "augment_batch",
+    "describe_input",
     "framing",
+    "input_spec",
     "mix_batch",
     "load_dataset",
     "make_neuro_digit_recordings",

@@ -102,6 +102,41 @@ def framing(dataset: str | None) -> Framing:
     return Framing()
 
 
+def input_spec(dataset: str | None) -> dict:
+    """How raw data becomes a model's input x, as JSON facts for files that travel without hmdf (the
+    ONNX metadata key ``hmdf.input``, ``hmdf inspect``); {} for an unknown dataset.
+
+    Images: x = (pixel / divide − mean) / std per channel, the same x at every step. Events: each frame
+    counts events per (polarity, y, x) on the sensor, split into T frames by equal time windows or equal
+    event counts, then area-weighted to the input size (`hmdf_deploy.events.to_frames`).
+    """
+    if dataset == "digits":
+        return {"kind": "image", "divide": 16, "mean": [0.0], "std": [1.0]}
+    if dataset in ("cifar10", "cifar100"):
+        from hmdf_deploy.data.cifar import CIFAR10, CIFAR100
+
+        layout = CIFAR10 if dataset == "cifar10" else CIFAR100
+        return {"kind": "image", "divide": 255, "mean": list(layout.mean), "std": list(layout.std)}
+    if dataset in ("neuro-digits", "dvs-cifar10"):
+        f = framing(dataset)
+        return {"kind": "events", "split": f.split, "sensor_size": list(f.sensor_size)}
+    return {}
+
+
+def describe_input(spec: dict) -> str:
+    """`input_spec` in one line of text."""
+    if spec.get("kind") == "image":
+        x = f"pixel / {spec['divide']:g}"
+        if spec["mean"] != [0.0] or spec["std"] != [1.0]:
+            x = f"({x} − mean) / std per channel, mean {spec['mean']}, std {spec['std']}"
+        return f"image: x = {x}; the same x at every step"
+    if spec.get("kind") == "events":
+        w, h, p = spec["sensor_size"]
+        split = "equal event counts" if spec["split"] == "count" else "equal time windows"
+        return f"events: counts per (polarity, y, x) of a {w}×{h}×{p} sensor, T frames of {split}, area-resized"
+    return "not recorded"
+
+
 def load_dataset(
     name: str, *, T: int, data_dir: Path | None = None, seed: int = 0
 ) -> tuple[Split, Split, DataInfo]:
