@@ -134,7 +134,8 @@ def make_events(
     files = [out / f"neuro-digit-{int(i):04d}.npz" for i in indices]
     stale = sorted(set(out.glob("neuro-digit-*.npz")) - set(files))
     if stale:  # a directory of recordings is read as one set (hmdf run --stream DIR)
-        raise HmdfError(f"--out {out} already holds {len(stale)} other recordings ({stale[0].name}, …); "
+        raise HmdfError(f"--out {out} already holds {len(stale)} other recording{'s' if len(stale) > 1 else ''} "
+                        f"({stale[0].name}{', …' if len(stale) > 1 else ''}); "
                         "give an empty or new directory")
     for path, rec in zip(files, make_neuro_digit_recordings(seed, indices)):
         write_events(path, rec)
@@ -142,4 +143,4 @@ def make_events(
         ui.emit_json({"files": [{"path": str(f), "bytes": f.stat().st_size} for f in files]})
         return
     short = f" (the test split holds {len(indices)})" if count > len(indices) else ""
-    ui.out.print(f"wrote {len(indices)} recordings to {out}{short}")
+    ui.out.print(f"wrote {len(indices)} recording{'s' if len(indices) > 1 else ''} to {out}{short}")

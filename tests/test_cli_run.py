@@ -202,7 +202,7 @@ def test_make_events_prints_paths_as_they_are(tmp_path):
     """No rich markup in output: "[bold]" is part of a file name."""
     result = hmdf("data", "make-events", "--out", tmp_path / "x[bold]y", "--count", 1)
     assert_success(result)
-    assert f"wrote 1 recordings to {tmp_path / 'x[bold]y'}" in result.stdout
+    assert f"wrote 1 recording to {tmp_path / 'x[bold]y'}" in result.stdout
 
 
 def test_make_events_refuses_to_leave_other_recordings_beside_its_own(tmp_path):
@@ -211,7 +211,9 @@ def test_make_events_refuses_to_leave_other_recordings_beside_its_own(tmp_path):
     assert_success(hmdf("data", "make-events", "--out", tmp_path / "ev", "--count", 5))
     assert_success(hmdf("data", "make-events", "--out", tmp_path / "ev", "--count", 5, "--seed", 1))
     assert_user_error(hmdf("data", "make-events", "--out", tmp_path / "ev", "--count", 3),
-                      "already holds 2 other recordings", "give an empty or new directory")
+                      "already holds 2 other recordings (neuro-digit-", ", …); give an empty or new directory")
+    assert_user_error(hmdf("data", "make-events", "--out", tmp_path / "ev", "--count", 4),
+                      "already holds 1 other recording (neuro-digit-", ".npz); give an empty or new directory")
     assert len(list((tmp_path / "ev").glob("*.npz"))) == 5
 
 

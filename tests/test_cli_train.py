@@ -316,11 +316,11 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     debug = hmdf("--debug", *args)
     assert debug.exit_code == 2
     assert "Traceback" in debug.stderr and "HmdfError" in debug.stderr
-    assert debug.stderr.splitlines()[-1] == "error: T must be at least 1, got 0"
+    assert debug.stderr.splitlines()[-1] == "error: --T must be at least 1, got 0"
     # the flag does not stick to the next invocation
     plain = hmdf(*args)
     assert plain.exit_code == 2 and "Traceback" not in plain.output
-    assert plain.stderr.splitlines() == ["error: T must be at least 1, got 0"]
+    assert plain.stderr.splitlines() == ["error: --T must be at least 1, got 0"]
 
 
 def test_a_diverging_run_stops_with_one_line_and_saves_nothing_after(tmp_path):

@@ -54,7 +54,7 @@ class ModelConfig:
             if value not in allowed:
                 raise HmdfError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}")
         if self.T < 1:
-            raise HmdfError(f"T must be at least 1, got {self.T}")
+            raise HmdfError(f"--T must be at least 1, got {self.T}")
         if self.T > MAX_T:
             raise HmdfError(f"--T must be at most {MAX_T}, got {self.T}")
         if self.neuron == "lif" and (self.spikes != "float" or self.parallel or self.mem_bn):
