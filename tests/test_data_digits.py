@@ -155,3 +155,17 @@ def test_load_neuro_digits(digits):
     frames = to_frames(rec.events, rec.sensor_size, n_time_bins=4, size=INPUT_SIZE)
     np.testing.assert_array_equal(train.x[0].numpy(), frames)
     assert float(train.x[0].sum()) == len(rec.events)
+
+
+def test_inspects_samples_are_the_loaders_test_samples():
+    """`hmdf inspect` simulates only the neuro-digits samples it measures; they are the first test
+    samples that load_dataset gives (a sample depends on (seed, its index) alone)."""
+    from hmdf_deploy.deploy.graph import DeployModel
+    from hmdf_deploy.deploy.inputs import sample_sequence
+
+    model = DeployModel(T=3, input_shape=(2, *INPUT_SIZE), event=True, num_classes=10, nodes=[], output="",
+                        source={"dataset": "neuro-digits"})
+    _, test, _ = load_dataset("neuro-digits", T=3, seed=0)
+    got = sample_sequence(model, samples=5)
+    assert got.shape == (3, 5, 2, *INPUT_SIZE)
+    torch.testing.assert_close(got, test.x[:5].transpose(0, 1), rtol=0, atol=0)

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 
 from hmdf_deploy.data import framing, load_dataset
+from hmdf_deploy.data.digits import digit_split
+from hmdf_deploy.data.event_camera import neuro_digit_frames
 from hmdf_deploy.deploy.graph import DeployModel
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.events import recording_frames
@@ -31,5 +33,8 @@ def sample_sequence(model: DeployModel, *, events: Path | None = None, samples: 
     dataset = model.source.get("dataset")
     if dataset not in BUILT_IN:
         raise HmdfError(f"this model was trained on {dataset or 'unknown data'}; pass --events FILE to measure it")
+    if dataset == "neuro-digits":  # simulate only these samples (a sample depends on its index alone):
+        idx = digit_split()[1][:samples]  # all 1,797 would take seconds
+        return sequence_input(torch.from_numpy(neuro_digit_frames(0, model.T, idx)), model.T, static=False)
     _, test, _ = load_dataset(dataset, T=model.T)
     return sequence_input(test.x[:samples], model.T, static=not model.event)
