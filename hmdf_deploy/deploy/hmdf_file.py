@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from hmdf_deploy.deploy.container import read_container, write_container
@@ -98,6 +99,12 @@ def _unpacked(name: str, packed: Tensor | None, packing: dict) -> Tensor:
 
 
 def save_hmdf(model: DeployModel, path: Path) -> None:
+    """Write `model` as a .hmdf file (docs/hmdf-format.md); atomic: a failed write leaves no file."""
+    wide = [n.name for n in model.nodes if any(v.dtype == torch.float64 for v in vars(n).values()
+                                               if isinstance(v, torch.Tensor))]
+    if wide:
+        raise HmdfError(f"layer {wide[0]} holds float64 parameters and a .hmdf file stores float32: save "
+                        "with_dtype(model, torch.float32) (from hmdf_deploy.deploy), or fold in float32")
     tensors, meta = to_parts(model.validate())
     write_container(path, tensors, meta)
 

@@ -19,6 +19,7 @@ from hmdf_deploy.deploy.graph import (
     SECA, Add, Conv, DeployModel, Flatten, Linear, Neuron, Node, Pool, Synapse, per_step, rows,
 )
 from hmdf_deploy.deploy.scan import min_affine_scan
+from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.neurons import SPIKE_LEVELS, SPIKE_MAX_CODE
 
 State = dict[str, Tensor]
@@ -35,9 +36,18 @@ def _channels(t: Tensor, ndim: int) -> Tensor:
 
 
 class Reference:
-    def __init__(self, model: DeployModel, dtype: torch.dtype = torch.float32) -> None:
-        """`dtype`: float32 like any dense runtime, or float64 to check a fold without rounding noise."""
+    """The DeployModel's maths in plain torch on the CPU: `step` (streaming) and `run` (a sequence).
+
+    Inputs are time first: (B, C, H, W) per step, (T, B, C, H, W) per sequence, as tensors or numpy
+    arrays. The state of `step` is a dict {neuron: membrane (B, …)}; {} is the zero state.
+    """
+
+    def __init__(self, model: DeployModel, dtype: torch.dtype | None = None) -> None:
+        """`dtype` of the computation: by default the model's own (float32, or float64 for a fold made
+        to check without rounding noise)."""
         self.model = model.validate()
+        dtype = dtype or next((n.scale.dtype for n in model.nodes if isinstance(n, Synapse)), torch.float32)
+        self.dtype = dtype
         # Codes become floats once, and every per-step parameter is promoted on use.
         self.weights = {n.name: n.weight.to(dtype) for n in model.nodes if isinstance(n, Synapse)}
         self.seca = {n.name: (n.weight.to(dtype).view(1, 1, -1), n.bias.to(dtype)) for n in model.nodes if isinstance(n, SECA)}
@@ -48,8 +58,11 @@ class Reference:
         return {}
 
     def step(self, x_t: Tensor, state: State, t: int) -> tuple[Tensor, State]:
-        """Logits of step t for input x_t (B, C, H, W), and the new state."""
-        values = {"input": x_t}
+        """Logits of step t (0, 1, …; past the model's T the last step's parameters) for input x_t
+        (B, C, H, W), and the new state."""
+        if t < 0:
+            raise HmdfError(f"the step index t counts from 0, got {t}")
+        values = {"input": torch.as_tensor(x_t, dtype=self.dtype)}
         new_state = dict(state)
         for n in self.model.nodes:
             args = [values[i] for i in n.inputs]
@@ -58,7 +71,7 @@ class Reference:
                 if v is not None:
                     new_state[n.name] = v
             else:
-                values[n.name] = self._stateless(n, args, lambda p: rows(p, t), x_t.dim())
+                values[n.name] = self._stateless(n, args, lambda p: rows(p, t), values["input"].dim())
         return values[self.model.output], new_state
 
     def _neuron_step(self, n: Neuron, i: Tensor, v: Tensor | None, t: int) -> tuple[Tensor, Tensor | None]:
@@ -82,6 +95,7 @@ class Reference:
         is exact too but does O(T log T) full-size work: on a CPU the loop over the neurons'
         recurrence is faster at every size measured (benchmarks/RESULTS.md §5), so it is the default.
         """
+        x = torch.as_tensor(x, dtype=self.dtype)
         T, B = x.shape[:2]
         values = {"input": x.reshape(T * B, *x.shape[2:])}
         for n in self.model.nodes:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hmdf_deploy.deploy.graph import DeployModel
+from hmdf_deploy.deploy.hmdf_file import load_hmdf
 from hmdf_deploy.deploy.reference import Reference
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.runtime.triton_backend import TritonBackend
@@ -30,6 +31,7 @@ class TorchBackend:
 
     def __init__(self, model: DeployModel) -> None:
         self.T, self.input_shape = model.T, tuple(model.input_shape)
+        self.dataset = model.source.get("dataset")
         self.ref = Reference(model)
         self.state: dict = {}
 
@@ -95,16 +97,18 @@ class OnnxBackend:
 BACKENDS = ("auto", "torch", "onnxruntime", "triton")
 
 
-def make_backend(model: DeployModel | Path, name: str = "auto"):
-    """`auto` takes triton on a CUDA GPU, else onnxruntime when it is installed (faster per step
-    on CPU than torch, benchmarks/RESULTS.md), else torch."""
+def make_backend(model: DeployModel | str | Path, name: str = "auto"):
+    """A backend for a DeployModel, a .hmdf file or an exported .onnx step graph. `auto` takes triton
+    on a CUDA GPU, else onnxruntime when it is installed (faster per step on CPU than torch,
+    benchmarks/RESULTS.md), else torch."""
     if name not in BACKENDS:
         raise HmdfError(f"unknown backend {name!r}; this machine can run: {', '.join(available_backends())}")
-    if not isinstance(model, DeployModel):  # a path: an .onnx file runs only in onnxruntime
-        model = Path(model)
+    if not isinstance(model, DeployModel) and Path(model).suffix != ".onnx":
+        model = load_hmdf(Path(model))
+    if not isinstance(model, DeployModel):  # an .onnx file runs only in onnxruntime
         if name in ("torch", "triton"):
             raise HmdfError(f"an .onnx file runs on the onnxruntime backend; pass the .hmdf file for --backend {name}")
-        return OnnxBackend(model)
+        return OnnxBackend(Path(model))
     if name == "auto":  # never the interpreter: it is for tests, not for speed
         usable = available_backends()
         name = ("triton" if "triton" in usable and torch.cuda.is_available()

@@ -12,14 +12,16 @@ window's first step until the next reset (the state is per sample).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hmdf_deploy.data import framing
 from hmdf_deploy.deploy.graph import DeployModel
-from hmdf_deploy.errors import HmdfError
+from hmdf_deploy.errors import HmdfError, HmdfWarning
 from hmdf_deploy.runtime.backends import make_backend
 
 POLICIES = ("window", "continuous")
@@ -45,15 +47,19 @@ class StepResult:
 
 
 class Engine:
-    """`step(x_t)` for streaming, `run(frames)` for a whole window; `reset()` starts a new stream."""
+    """`step(x_t)` for streaming, `run(frames)` for a whole window; `reset()` starts a new stream.
 
-    def __init__(self, model: DeployModel | Path, backend: str = "auto", policy: str = "window") -> None:
+    `model`: a DeployModel, a .hmdf file or an exported .onnx step graph. Inputs are numpy arrays
+    (or anything `np.asarray` takes), cast to float32: (B, C, H, W) per step, (T, B, C, H, W) for
+    `run`, time first.
+    """
+
+    def __init__(self, model: DeployModel | str | Path, backend: str = "auto", policy: str = "window") -> None:
         if policy not in POLICIES:
             raise HmdfError(f"unknown policy {policy!r}; choose window or continuous")
         self.backend = make_backend(model, backend)
         self.T, self.input_shape = self.backend.T, self.backend.input_shape
-        dataset = model.source.get("dataset") if isinstance(model, DeployModel) else self.backend.dataset
-        self.framing = framing(dataset)  # how `stream` bins a recording: as the training data was
+        self.framing = framing(self.backend.dataset)  # how `stream` bins a recording: as the training data was
         if not self.T:
             raise HmdfError("the model does not record its number of time steps T")
         self.policy = policy
@@ -62,6 +68,11 @@ class Engine:
     def reset(self) -> None:
         self.backend.reset()
         self.t, self.window, self.summed = 0, 0, None
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """Each neuron layer's membrane (B, …) after the last step; {} at the start of a window (zeros)."""
+        return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in self.backend.state.items()}
 
     def step(self, x_t: np.ndarray) -> StepResult:
         x_t = _checked(x_t, self.input_shape, f"the input at step {self.t}", "B")
@@ -79,10 +90,16 @@ class Engine:
         return result
 
     def run(self, frames: np.ndarray) -> np.ndarray:
-        """Logits (T, B, K) of a (T, B, C, H, W) sequence from a fresh state (the stream is untouched)."""
+        """Logits (T, B, K) of a (T, B, C, H, W) sequence from a fresh state (the stream is untouched);
+        steps past the model's T run as the continuous policy does."""
+        frames = _checked(frames, self.input_shape, "the input sequence", "T, B")
+        if len(frames) != self.T:
+            warnings.warn(f"the input sequence has {len(frames)} steps and the model was trained on T={self.T}; "
+                          f"frames are time first (T, B, C, H, W): batch-first data becomes that with np.swapaxes(x, 0, 1)",
+                          HmdfWarning, stacklevel=2)
         saved = self.backend.state
         try:
-            return self.backend.run(_checked(frames, self.input_shape, "the input sequence", "T, B"))
+            return self.backend.run(frames)
         finally:
             self.backend.state = saved
 

@@ -54,6 +54,7 @@ class TritonBackend:
         self.k = kernels
         self.model = model.validate()
         self.T, self.input_shape = model.T, tuple(model.input_shape)
+        self.dataset = model.source.get("dataset")
         self.device = torch.device("cpu" if interpreted() else "cuda")
         self.scan = scan
         self.layers = {n.name: self._prepare(n) for n in model.nodes}

@@ -1,0 +1,90 @@
+"""The Python API around the Engine and the reference executor: what a notebook user touches
+(docs/python-api.md). Numbers are compared with the reference executor; errors by their message."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from hmdf_deploy.deploy import Reference, save_hmdf, with_dtype
+from hmdf_deploy.deploy.reference import state_shapes
+from hmdf_deploy.errors import HmdfError, HmdfWarning
+from hmdf_deploy.models import ModelConfig
+from hmdf_deploy.runtime import Engine
+from tests.nets import inputs, make_deploy
+
+CFG = ModelConfig(arch="vgg", cfg=[4, "M", 6], in_channels=2, input_size=(6, 6), num_classes=3, T=3,
+                  spikes="4bit", weights="1.5bit")
+
+
+@pytest.fixture(scope="module")
+def deploy():
+    return make_deploy(CFG, event=True, source={"dataset": "dvs-cifar10"})
+
+
+def frames(steps: int, batch: int = 2, seed: int = 0) -> np.ndarray:
+    return inputs(CFG, True, batch, torch.Generator().manual_seed(seed), steps).numpy()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("as_str", [False, True])
+def test_engine_takes_a_hmdf_file(tmp_path, deploy, backend, as_str):
+    path = tmp_path / "m.hmdf"
+    save_hmdf(deploy, path)
+    engine = Engine(str(path) if as_str else path, backend)
+    x = frames(CFG.T)
+    np.testing.assert_allclose(engine.run(x), Reference(deploy).run(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+    assert engine.framing.split == "count"  # the file's dataset (dvs-cifar10) decides the binning
+
+
+def test_engine_state_is_the_references_membranes(deploy):
+    engine = Engine(deploy, "torch")
+    assert engine.state == {}
+    x = frames(CFG.T)
+    state: dict = {}
+    for t in range(CFG.T - 1):
+        engine.step(x[t])
+        _, state = Reference(deploy).step(torch.from_numpy(x[t]), state, t)
+        assert engine.state.keys() == state_shapes(deploy).keys()
+        for name, v in engine.state.items():
+            assert isinstance(v, np.ndarray) and v.shape == (2, *state_shapes(deploy)[name])
+            np.testing.assert_array_equal(v, state[name].numpy())
+    engine.step(x[CFG.T - 1])  # the window ends: the next one starts from zeros
+    assert engine.state == {}
+
+
+def test_engine_run_warns_when_the_sequence_is_not_T_steps(deploy):
+    engine = Engine(deploy, "torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine.run(frames(CFG.T))  # T steps: silent
+    batch_first = np.swapaxes(frames(CFG.T, batch=5), 0, 1)  # (B, T, …): the loaders' layout
+    with pytest.warns(HmdfWarning, match=r"5 steps and the model was trained on T=3; .*np.swapaxes\(x, 0, 1\)"):
+        engine.run(batch_first)
+
+
+def test_reference_computes_in_the_models_dtype_and_takes_numpy(deploy):
+    x = frames(CFG.T)
+    want = Reference(deploy).run(torch.from_numpy(x))
+    got = Reference(deploy).run(x)  # numpy in
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    wide = with_dtype(deploy, torch.float64)
+    got64 = Reference(wide).run(x)
+    assert got64.dtype == torch.float64
+    torch.testing.assert_close(got64, Reference(deploy, torch.float64).run(torch.from_numpy(x).double()), rtol=0, atol=0)
+
+
+def test_reference_step_refuses_a_negative_step(deploy):
+    with pytest.raises(HmdfError, match="the step index t counts from 0, got -1"):
+        Reference(deploy).step(frames(1)[0], {}, -1)
+
+
+def test_save_hmdf_refuses_float64_with_the_way_out(tmp_path, deploy):
+    with pytest.raises(HmdfError, match=r"float64 parameters .* with_dtype\(model, torch.float32\)"):
+        save_hmdf(with_dtype(deploy, torch.float64), tmp_path / "m.hmdf")
+    assert not (tmp_path / "m.hmdf").exists()
+    save_hmdf(with_dtype(with_dtype(deploy, torch.float64), torch.float32), tmp_path / "m.hmdf")  # the way out works
