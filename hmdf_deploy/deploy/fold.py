@@ -108,6 +108,9 @@ def fold(model: SpikingNet, config: ModelConfig, *, event: bool, source: dict | 
     parameters computed in float64 and rounded once to `dtype`.
 
     `event`: the input is one frame per step (else a static image repeated at every step).
+    `source`: provenance kept in the model and its files; its "dataset" decides how `hmdf run` bins
+    recordings and what exported files say about preparing the input (`hmdf_deploy.data.input_spec`).
+    `quantize_run` fills it in from a run directory.
     """
     b = _Builder()
     with torch.no_grad():

@@ -88,8 +88,14 @@ class Position:
     seen: int = 0
 
 
-def start(out: Path, model_config: ModelConfig, train_config: TrainConfig, **kw) -> dict:
-    """Create the run directory `out` for a new run and train it. Returns the last metrics record."""
+def start(out: Path, model_config: ModelConfig, train_config: TrainConfig, *, progress: Progress | None = None,
+          should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Create the run directory `out` for a new run and train it. Returns the last metrics record.
+
+    The dataset sets `model_config`'s in_channels, input_size and num_classes (and quantize_stem for
+    event data, SPEC §5). `progress` receives the training's progress (silent by default);
+    `should_stop` is asked before every batch: True saves a resumable checkpoint and raises
+    `TrainingInterrupted`."""
     out = Path(out)
     if (out / ckpt.CONFIG).exists() and not _never_saved(out):
         raise HmdfError(f"{out} already holds a training run; continue it with --resume {out} or choose another --out")
@@ -104,7 +110,7 @@ def start(out: Path, model_config: ModelConfig, train_config: TrainConfig, **kw)
               "train": asdict(train_config), "data": asdict(info)}
     if init_distributed().main:
         ckpt.write_json(out / ckpt.CONFIG, config)
-    return _fit(out, model_config, train_config, (train, test, info), **kw)
+    return _fit(out, model_config, train_config, (train, test, info), progress, should_stop)
 
 
 def _never_saved(out: Path) -> bool:
@@ -124,8 +130,9 @@ def _never_saved(out: Path) -> bool:
     return isinstance(config, dict) and {"hmdf_version", "model", "train"} <= set(config) and "import" not in config
 
 
-def resume(run_dir: Path, **kw) -> dict:
-    """Continue the run in `run_dir` from its last checkpoint."""
+def resume(run_dir: Path, *, progress: Progress | None = None, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Continue the run in `run_dir` from its last checkpoint (bit-exactly); `progress` and
+    `should_stop` as for `start`."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise HmdfError(f"--resume {run_dir} is a file; give a training run directory")
@@ -133,7 +140,7 @@ def resume(run_dir: Path, **kw) -> dict:
     if "import" in ckpt.read_json(run_dir / ckpt.CONFIG):
         raise HmdfError(f"{run_dir} holds an imported checkpoint, not a training run: it cannot be resumed")
     data = _load_data(train_config, model_config.T)
-    return _fit(run_dir, model_config, train_config, data, **kw)
+    return _fit(run_dir, model_config, train_config, data, progress, should_stop)
 
 
 def load_run_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
