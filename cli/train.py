@@ -14,8 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hmdf_deploy.cli import ui
 from hmdf_deploy.data import DATASETS
 from hmdf_deploy.errors import HmdfError
-from hmdf_deploy.models import ModelConfig, arch_from_name
-from hmdf_deploy.training import RECIPES, TrainConfig, TrainingInterrupted, load_run_config, resume, start
+from hmdf_deploy.training import RECIPES, TrainingInterrupted, load_run_config, recipe, resume, start
 from hmdf_deploy.training import Progress as TrainProgress
 
 
@@ -58,20 +57,11 @@ def train(
         run_dir = resume_dir
         call = lambda **kw: resume(run_dir, **kw)  # noqa: E731
     else:
-        if dataset not in DATASETS:
-            raise HmdfError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-        recipe = RECIPES[dataset]
-        arch, cfg = arch_from_name(_or(model, recipe["model"]))  # an empty --model is refused, not the default
-        model_config = ModelConfig(
-            arch=arch, cfg=cfg, T=_or(T, recipe["T"]), neuron=neuron, weights=weights,
-            spikes=spikes, parallel=parallel, mem_bn=mem_bn, seca=seca, pool=pool,
-            width=_or(width, recipe["width"]),
-        ).validate()
-        train_config = TrainConfig(
-            dataset=dataset, data_dir=str(data_dir) if data_dir else None, mode=mode,
-            random_backprop=random_backprop, mix=_or(mix, recipe["mix"]), epochs=_or(epochs, recipe["epochs"]),
-            batch_size=_or(batch_size, recipe["batch_size"]), lr=_or(lr, recipe["lr"]), seed=seed,
-        ).validate()
+        options = dict(  # None: the dataset's default (0 and an empty --model are given values, refused by validation)
+            model=model, T=T, neuron=neuron, weights=weights, spikes=spikes, parallel=parallel, mem_bn=mem_bn,
+            seca=seca, pool=pool, width=width, data_dir=str(data_dir) if data_dir else None, mode=mode,
+            random_backprop=random_backprop, mix=mix, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        model_config, train_config = recipe(dataset, **{k: v for k, v in options.items() if v is not None})
         run_dir = out or Path("runs") / dataset
         call = lambda **kw: start(run_dir, model_config, train_config, **kw)  # noqa: E731
 
@@ -101,11 +91,6 @@ def _given_options(ctx: typer.Context, besides: set[str]) -> list[str]:
         opts = param.secondary_opts if param.secondary_opts and ctx.params.get(param.name) is False else param.opts
         given.append(max(opts, key=lambda o: o.startswith("--")))
     return given
-
-
-def _or(value, default):
-    """The option's value when given (0 included: validation reports it), else the recipe's."""
-    return default if value is None else value
 
 
 def _report(run_dir: Path, record: dict, json_out: bool) -> None:

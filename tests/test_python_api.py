@@ -1,9 +1,11 @@
-"""The Python API around the Engine and the reference executor: what a notebook user touches
-(docs/python-api.md). Numbers are compared with the reference executor; errors by their message."""
+"""The Python API a notebook user touches (docs/python-api.md): recipes, the Engine, the reference
+executor, .hmdf saving. Numbers are compared with the reference executor; errors by their message."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from hmdf_deploy.deploy.reference import state_shapes
 from hmdf_deploy.errors import HmdfError, HmdfWarning
 from hmdf_deploy.models import ModelConfig
 from hmdf_deploy.runtime import Engine
+from hmdf_deploy.training import recipe
 from tests.nets import inputs, make_deploy
 
 CFG = ModelConfig(arch="vgg", cfg=[4, "M", 6], in_channels=2, input_size=(6, 6), num_classes=3, T=3,
@@ -88,3 +91,32 @@ def test_save_hmdf_refuses_float64_with_the_way_out(tmp_path, deploy):
         save_hmdf(with_dtype(deploy, torch.float64), tmp_path / "m.hmdf")
     assert not (tmp_path / "m.hmdf").exists()
     save_hmdf(with_dtype(with_dtype(deploy, torch.float64), torch.float32), tmp_path / "m.hmdf")  # the way out works
+
+
+def test_recipe_is_what_hmdf_train_trains_with(tmp_path, cached_data):
+    from typer.testing import CliRunner
+
+    from hmdf_deploy.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--dataset", "digits", "--model", "4,M", "--epochs", "1", "--T", "2",
+                                      "--out", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+    model_config, train_config = recipe("digits", model="4,M", epochs=1, T=2)
+    assert written["train"] == asdict(train_config)
+    data = {"in_channels": 1, "input_size": [8, 8], "num_classes": 10}  # `start` takes these from the data
+    assert written["model"] == {**json.loads(json.dumps(model_config.to_dict())), **data}
+
+
+def test_recipe_defaults_and_overrides():
+    m, t = recipe("neuro-digits")
+    assert (m.arch, m.cfg, m.T, t.epochs, t.mix) == ("vgg", [16, "M", 32, "M", 64, "M"], 8, 8, False)
+    m, t = recipe("cifar10", arch="resnet19", cfg=[], lr=0.1, seed=3)
+    assert (m.arch, m.T, t.lr, t.seed, t.mix, t.epochs) == ("resnet19", 4, 0.1, 3, True, 300)
+    assert recipe("digits", model="resnet18")[0].arch == "resnet18"
+    with pytest.raises(HmdfError, match="recipe\\(\\) got unknown options colour, depth"):
+        recipe("digits", depth=3, colour="red")
+    with pytest.raises(HmdfError, match="unknown dataset 'mnist'; choose one of digits, neuro-digits"):
+        recipe("mnist")
+    with pytest.raises(HmdfError, match="--T must be at least 1"):
+        recipe("digits", T=0)
