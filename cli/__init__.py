@@ -1,11 +1,16 @@
 """The `hmdf` command line (typer + rich over the `hmdf_deploy` library); `entry` is its console script."""
 
+import os
 import sys
 
 
 def entry() -> None:
     """`hmdf`: load the commands (importing torch takes a second or two) with Ctrl-C already
     answered as everywhere else, `error: interrupted` and exit 130, then run the command line."""
+    # OpenMP threads spin while they wait for work; beside other busy processes torch's default threads
+    # then ran training and streaming 20-45x slower than threads that sleep (benchmarks/RESULTS.md,
+    # "Threads"). OpenMP reads this once, when torch loads it: before any import of torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from hmdf_deploy.cli.main import main
     except KeyboardInterrupt:

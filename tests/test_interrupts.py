@@ -187,6 +187,37 @@ def test_hmdf_alone_prints_the_help():
     assert done.returncode == 0 and done.stdout.count("Usage: hmdf") == 1 and "quantize" in done.stdout
 
 
+SPY_ON_TORCH = textwrap.dedent("""
+    import builtins, os, sys
+    seen, real = [], builtins.__import__
+    def spy(name, *args, **kwargs):  # the environment when torch (and so OpenMP) is first loaded
+        if name.split(".")[0] == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        return real(name, *args, **kwargs)
+    builtins.__import__ = spy
+    import hmdf_deploy.cli as cli
+    sys.argv = ["hmdf", "--help"]
+    try:
+        cli.entry()
+    except SystemExit:
+        pass
+    print("OMP_WAIT_POLICY when torch loaded:", seen)
+""")
+
+
+@pytest.mark.parametrize("given, want", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_entry_point_lets_openmp_threads_sleep_unless_told_otherwise(given, want):
+    """Spinning OpenMP threads made training and streaming 20-45x slower beside other busy processes
+    (benchmarks/threads.py); the policy only counts if it is set before torch is imported."""
+    environ = {k: v for k, v in env().items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        environ["OMP_WAIT_POLICY"] = given
+    done = subprocess.run([sys.executable, "-c", SPY_ON_TORCH], capture_output=True, text=True, timeout=120,
+                          env=environ)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"OMP_WAIT_POLICY when torch loaded: [{want!r}]"
+
+
 # ------------------------------------------------------------------------ SIGKILL (subprocess)
 #: Run the CLI with a slow disk: every temporary is rewritten in small chunks with pauses before
 #: atomic_write renames it, so that a kill often lands while a partial temporary exists.
