@@ -1,6 +1,7 @@
-"""OpenMP's wait policy on a shared machine: training and torch-backend stepping with torch's
-default threads (OpenMP threads spin while they wait for work), with OMP_WAIT_POLICY=PASSIVE (they
-sleep; what `hmdf` sets unless the user set it) and with one thread, beside K busy processes.
+"""Thread waiting on a shared machine: training, torch-backend and onnxruntime-backend stepping with
+the runtimes' default threads (they spin while they wait for work), with OMP_WAIT_POLICY=PASSIVE
+(they sleep: what `hmdf` sets unless the user set it; hmdf's onnxruntime sessions follow it) and
+with one thread, beside K busy processes.
 
 OpenMP reads its environment once, when torch loads it, so every measurement runs in a fresh
 subprocess. Each repeat runs every variant, in a rotated order; medians, min–max, and the ratio to
@@ -10,7 +11,9 @@ PASSIVE per repeat (paired).
 
 Workloads: `train`, 8 online training batches (64 digits, the digits recipe with 1.5-bit weights
 and 4-bit spikes, T = 4) after one warm-up batch; `step`, 40 torch-backend steps at batch 1 of a
-folded VGG 32,64,M,128,M on 3×32×32 after 5 warm-up steps.
+folded VGG 32,64,M,128,M on 3×32×32 (1.5-bit, 4-bit spikes) after 5 warm-up steps; `ort-step`,
+the same in onnxruntime (`ort_session`; one intra-op thread for the OMP_NUM_THREADS=1 variant);
+`ort-tiny`, 400 onnxruntime steps of the neuro-digits recipe's network (2×16×16, 16,M,32,M,64,M).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ VARIANTS = {  # environment changes; None removes the variable
     "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": None},
     "OMP_NUM_THREADS=1": {"OMP_WAIT_POLICY": None, "OMP_NUM_THREADS": "1"},
 }
-WORKLOADS = ("train", "step")
+WORKLOADS = ("train", "step", "ort-step", "ort-tiny")
 
 
 def job(workload: str) -> float:
@@ -58,11 +61,20 @@ def job(workload: str) -> float:
         from hmdf_deploy.deploy import fold
         from hmdf_deploy.runtime import Engine
 
-        cfg = ModelConfig(arch="vgg", cfg=[32, 64, "M", 128, "M"], in_channels=3, input_size=(32, 32), T=4,
-                          weights="1.5bit", spikes="4bit").validate()
-        engine = Engine(fold(build_model(cfg).eval(), cfg, event=False), "torch", "continuous")
-        x = torch.rand(1, 3, 32, 32).numpy()
-        run = [lambda: engine.step(x)] * 45
+        if workload == "ort-tiny":
+            cfg = ModelConfig(arch="vgg", cfg=[16, "M", 32, "M", 64, "M"], in_channels=2, input_size=(16, 16), T=8,
+                              weights="1.5bit", spikes="4bit", quantize_stem=True).validate()
+            steps = 400
+        else:
+            cfg = ModelConfig(arch="vgg", cfg=[32, 64, "M", 128, "M"], in_channels=3, input_size=(32, 32), T=4,
+                              weights="1.5bit", spikes="4bit").validate()
+            steps = 40
+        engine = Engine(fold(build_model(cfg).eval(), cfg, event=workload == "ort-tiny"),
+                        "torch" if workload == "step" else "onnxruntime", "continuous")
+        if workload != "step" and os.environ.get("OMP_NUM_THREADS") == "1":  # onnxruntime ignores it
+            _one_intra_op_thread(engine.backend)
+        x = torch.rand(1, *cfg_shape(cfg)).numpy()
+        run = [lambda: engine.step(x)] * (steps + 5)
         warm, timed = run[:5], run[5:]
     for f in warm:
         f()
@@ -70,6 +82,21 @@ def job(workload: str) -> float:
     for f in timed:
         f()
     return time.perf_counter() - start
+
+
+def cfg_shape(cfg) -> tuple[int, int, int]:
+    return (cfg.in_channels, *cfg.input_size)
+
+
+def _one_intra_op_thread(backend) -> None:
+    import onnxruntime as ort
+
+    from hmdf_deploy.exporters.onnx import EXACT_DISABLED_OPTIMIZERS
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    backend.session = ort.InferenceSession(backend.session._model_bytes, options, providers=["CPUExecutionProvider"],
+                                           disabled_optimizers=EXACT_DISABLED_OPTIMIZERS)
 
 
 def measure(workload: str, variant: str) -> float:

@@ -18,6 +18,7 @@ is checked in onnxruntime against the reference executor before the file is writ
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -369,11 +370,15 @@ EXACT_DISABLED_OPTIMIZERS = ["ConvMulFusion", "ConvAddFusion"]
 
 def ort_session(source):
     """An onnxruntime CPU session as hmdf runs and checks its graphs: full optimisation except
-    the fusions that change the synaptic arithmetic (`EXACT_DISABLED_OPTIMIZERS`)."""
+    the fusions that change the synaptic arithmetic (`EXACT_DISABLED_OPTIMIZERS`); under
+    OMP_WAIT_POLICY=PASSIVE (the `hmdf` command's default) its threads sleep, not spin, between ops."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # constant folding of the unpack subgraphs logs noise otherwise
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":  # one knob for both runtimes' threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=EXACT_DISABLED_OPTIMIZERS)
 

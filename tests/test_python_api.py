@@ -120,3 +120,20 @@ def test_recipe_defaults_and_overrides():
         recipe("mnist")
     with pytest.raises(HmdfError, match="--T must be at least 1"):
         recipe("digits", T=0)
+
+
+@pytest.mark.parametrize("policy", ["PASSIVE", "passive", "ACTIVE", None])
+def test_onnxruntime_threads_sleep_under_a_passive_wait_policy(deploy, monkeypatch, policy):
+    """One knob for both runtimes: OMP_WAIT_POLICY=PASSIVE (the `hmdf` command's default) turns off
+    onnxruntime's spinning too (benchmarks/threads.py, ort-step)."""
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    options = Engine(deploy, "onnxruntime").backend.session.get_session_options()
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        if policy in ("PASSIVE", "passive"):
+            assert options.get_session_config_entry(key) == "0"
+        else:  # onnxruntime's own default (spin)
+            with pytest.raises(RuntimeError, match="does not have configuration"):
+                options.get_session_config_entry(key)
