@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+import nets
+
 import hmdf_deploy.deploy.quantize as quantize_module
 from hmdf_deploy.cli.main import app
 from hmdf_deploy.data import load_dataset, make_neuro_digit_recordings
@@ -28,7 +30,7 @@ from hmdf_deploy.deploy.hmdf_file import to_parts
 from hmdf_deploy.deploy.inputs import sequence_input
 from hmdf_deploy.events import to_frames, write_events
 from hmdf_deploy.models import ModelConfig, build_model
-from hmdf_deploy.neurons import HMDFNeuron, LIFNeuron, ParallelHMDF
+from hmdf_deploy.neurons import HMDFNeuron
 from hmdf_deploy.quant import quantize_weight
 from hmdf_deploy.training import load_trained
 from test_data_cifar import make_cifar10
@@ -98,20 +100,6 @@ def digits_test():
     return test
 
 
-def neuron_outputs(net, x: torch.Tensor, static: bool):
-    """Logits and every neuron's output of a trained network, per step."""
-    outs: dict[str, list] = {}
-    hooks = [m.register_forward_hook(lambda mod, a, o, name=name: outs.setdefault(name, []).append(o.clone()))
-             for name, m in net.named_modules() if isinstance(m, (HMDFNeuron, LIFNeuron, ParallelHMDF))]
-    try:
-        with torch.no_grad():
-            logits = net.eval().forward_sequence(x, static=static)
-    finally:
-        for h in hooks:
-            h.remove()
-    return logits, {k: torch.stack(v) for k, v in outs.items()}
-
-
 # ------------------------------------------------------------------------------- quantize
 @pytest.mark.slow
 def test_quantize_json_reports_a_passed_check_and_packed_layers(ternary_file, digits_test):
@@ -149,15 +137,18 @@ def test_quantized_file_reproduces_the_trained_network(ternary_run, ternary_file
     model = load_hmdf(path)
     assert model.T == T and model.input_shape == (1, 8, 8) and not model.event and model.spikes == "4bit"
     assert model.source["dataset"] == "digits" and model.source["model"]["weights"] == "1.5bit"
-    net = load_trained(run_dir)
-    want, trained = neuron_outputs(net, digits_test.x, static=True)
+    net = load_trained(run_dir).eval()
+    truth, trained, _ = nets.trained_truth(net, model, digits_test.x, static=True)
     record_: dict = {}
     got = Reference(model).run(sequence_input(digits_test.x, T, True), record=record_)
-    scale = float(want.abs().max())
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * max(1.0, scale))
-    assert torch.equal(got.sum(0).argmax(-1), want.sum(0).argmax(-1))
+    flipped = torch.zeros(len(digits_test.x), dtype=torch.bool)
     for name, out in trained.items():
-        assert (record_[name] - out * 4).abs().max() <= 1
+        differ = record_[name] != nets.expected_codes(out)
+        assert (record_[name] - out * 4).abs().max() <= 1 and int(differ.sum()) <= nets.MAX_FLIP_SHARE * differ.numel()
+        flipped |= differ.flatten(2).any(-1).any(0)
+    # logits within nets.float_bound of the trained network in float64, but where a code flipped
+    nets.Truth(truth.f32, truth.exact, truth.keep & ~flipped).check(got, "file")
+    assert torch.equal(got.sum(0).argmax(-1), truth.f32.sum(0).argmax(-1))
     # the accuracy of the file is the run's own final test accuracy
     accuracy = float((got.sum(0).argmax(-1) == digits_test.y).double().mean())
     assert accuracy == pytest.approx(record["test_acc"][-1], abs=1e-9)
@@ -321,7 +312,7 @@ def test_inspect_json_counts(ternary_run, ternary_file):
     conv = net.features[2].conv
     hook = conv.register_forward_hook(lambda mod, args, out: seen.append(args[0].clone()))
     try:
-        _, spikes = neuron_outputs(net, x, static=True)
+        _, spikes = nets.trained_outputs(net.eval(), x, static=True)
     finally:
         hook.remove()
     mask = (quantize_weight(conv.weight.detach(), conv.weights) != 0).float().flatten(1)  # (O, I·9)
@@ -390,7 +381,7 @@ def test_inspect_events_file(neuro_model, events_file):
     # network the file was folded from
     frames = to_frames(recording.events, recording.sensor_size, n_time_bins=cfg.T, size=(16, 16))
     assert frames.shape == (3, 2, 16, 16) and frames.sum() == len(recording.events)
-    _, spikes = neuron_outputs(net, torch.from_numpy(np.ascontiguousarray(frames))[None], static=False)
+    _, spikes = nets.trained_outputs(net.eval(), torch.from_numpy(np.ascontiguousarray(frames))[None], static=False)
     fired = sum(float((s != 0).sum()) for s in spikes.values())
     total = sum(s.numel() for s in spikes.values())
     assert 0 < fired < total

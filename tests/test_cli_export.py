@@ -12,12 +12,11 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
+import nets
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 from hmdf_deploy.cli.main import app
@@ -27,10 +26,8 @@ from hmdf_deploy.deploy.container import read_checksum
 from hmdf_deploy.deploy.quantize import quantize_run
 from hmdf_deploy.exporters.onnx import run_sequence
 from hmdf_deploy.models import ModelConfig, build_model
-from hmdf_deploy.neurons import HMDFNeuron
 
 runner = CliRunner()
-RTOL = 1e-4
 #: A tiny network and schedule (as in test_cli_train.py) that trains in seconds on two cores.
 TINY = ["--model", "8,M,16,M", "--T", "2", "--epochs", "1", "--batch-size", "128"]
 RUN_SHA = "ab" * 32
@@ -72,11 +69,7 @@ def props(path: Path) -> dict[str, str]:
 
 
 def assert_matches_reference(onnx_path: Path, model: DeployModel, x: torch.Tensor) -> None:
-    want = Reference(model).run(x).numpy()
-    got = run_sequence(session(onnx_path), x.numpy())
-    assert got.shape == want.shape
-    scale = max(1.0, float(np.abs(want).max()))
-    assert float(np.abs(got - want).max()) <= RTOL * scale, str(onnx_path)
+    nets.reference_truth(model, x).check(run_sequence(session(onnx_path), x.numpy()), str(onnx_path))
 
 
 def random_input(model: DeployModel, batch: int = 3, seed: int = 1) -> torch.Tensor:
@@ -95,19 +88,12 @@ def _folded() -> DeployModel:
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     net = build_model(CFG)
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    net.train()
+    bns = nets.calibrate(net, torch.rand(8, 3, 8, 8, generator=g) * 2.0, static=True)
     with torch.no_grad():
-        net.forward_sequence(torch.rand(8, 3, 8, 8, generator=g) * 2.0, static=True)
         for bn in bns:
             bn.bias.copy_(0.3 * torch.randn(bn.num_features, generator=g) + 0.2)
-        for m in net.modules():
-            if isinstance(m, HMDFNeuron):
-                m.a.copy_(torch.randn(m.a.shape, generator=g))
-                m.b.copy_(torch.randn(m.b.shape, generator=g))
+    for m in net.modules():
+        nets.randomise_neuron(m, g)
     net.eval()
     return fold(net, CFG, event=False, source={"model": CFG.to_dict(), "dataset": "synthetic", "run_sha256": RUN_SHA})
 

@@ -15,6 +15,7 @@ import struct
 
 import pytest
 import torch
+from nets import randomise_neuron
 from safetensors import safe_open
 from torch import nn
 
@@ -23,7 +24,6 @@ from hmdf_deploy.deploy.graph import NODE_TYPES, SECA, Add, Conv, Flatten, Linea
 from hmdf_deploy.deploy.hmdf_file import from_parts, to_parts
 from hmdf_deploy.errors import HmdfError
 from hmdf_deploy.models import ModelConfig, build_model
-from hmdf_deploy.neurons import HMDFNeuron, LIFNeuron, MembraneNorm, ParallelHMDF
 
 
 # ------------------------------------------------------------------------------------- models
@@ -40,14 +40,8 @@ def random_fold(cfg: ModelConfig, *, event: bool = False, seed: int = 0, source:
                 m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
                 m.weight.copy_(torch.randn(c, generator=g))
                 m.bias.copy_(torch.randn(c, generator=g))
-            elif isinstance(m, (HMDFNeuron, LIFNeuron)):
-                m.a.copy_(torch.randn(m.a.shape, generator=g))
-                m.b.copy_(torch.randn(m.b.shape, generator=g))
-            elif isinstance(m, ParallelHMDF):
-                m.b.copy_(torch.randn(1, generator=g))
-            elif isinstance(m, MembraneNorm):
-                m.p.copy_(torch.randn(m.p.shape, generator=g))
-                m.q.copy_(torch.randn(m.q.shape, generator=g))
+            else:
+                randomise_neuron(m, g, q_shift=0.0)
     return fold(net.eval(), cfg, event=event, source=source)
 
 

@@ -11,19 +11,21 @@ fold is never an identity), is compared in four ways on the same inputs:
 The trained network is the independent reference: it runs the un-folded modules (BN, Mem-BN,
 α·codes weights, Q4 spikes) and knows nothing of the deployment form. The comparison is made
 non-vacuous by checking that the neurons actually fire, and 4-bit codes are compared code by code.
+Logits and float spikes are compared with the trained network run in float64, each within a small
+multiple of the trained network's own float32 error (nets.float_bound).
 """
 
 from __future__ import annotations
 
-import copy
 import importlib
 import math
 
+import nets
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from nets import expected_codes, step_loop, trained_truth, vgg
 
 import hmdf_deploy.deploy.reference as reference_module
 from hmdf_deploy.deploy import DeployModel, Reference, fold
@@ -33,63 +35,17 @@ from hmdf_deploy.deploy.inputs import sequence_input
 from hmdf_deploy.deploy.quantize import check_equivalence
 from hmdf_deploy.deploy.scan import min_affine_loop, min_affine_scan
 from hmdf_deploy.models import ModelConfig, build_model
-from hmdf_deploy.neurons import HMDFNeuron, LIFNeuron, MembraneNorm, ParallelHMDF
-from hmdf_deploy.seca import SECA as SECAModule
 
-#: Logits of the deployment form may differ from the trained network by float32 rounding only.
-RTOL_LOGITS = 1e-5
-#: ... plus this multiple of the trained network's own float32 error (measured against float64),
-#: which deep random networks with SECA and float spikes amplify well beyond 1e-5 ...
-FLOAT_ERROR_FACTOR = 4.0
-#: ... which must itself stay small, or the comparison would say nothing.
+#: The trained network's own float32 error (against float64) must stay small, or comparing within
+#: a multiple of it (nets.float_bound) would say nothing.
 MAX_FLOAT_ERROR = 5e-5
-#: Share of 4-bit codes allowed to sit on the other side of a rounding tie (SPEC §7).
-MAX_FLIP_SHARE = 1e-3
-NEURONS = (HMDFNeuron, LIFNeuron, ParallelHMDF)
+
+
+def resnet(arch, **kw) -> ModelConfig:
+    return nets.resnet(arch, **{"input_size": (16, 16), **kw})
 
 
 # ------------------------------------------------------------------------------------- helpers
-def randomise(net: nn.Module, calib: torch.Tensor, static: bool, g: torch.Generator) -> None:
-    """Give every folded quantity a non-trivial random value, keeping the network well-conditioned.
-
-    BN running statistics are first measured on `calib` (so currents are of order 1 and neurons
-    fire), then perturbed; gammas, betas, neuron logits, Mem-BN p/q and SECA weights are drawn at
-    random. Mem-BN's per-channel gain g = γ/√var is kept in (0.2, 0.8) so that λ̂ = kλ stays near
-    or below 1 and float32 rounding is not amplified over time (a separate test covers k < 0).
-    """
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the calibration steps
-    net.train()
-    with torch.no_grad():
-        net.forward_sequence(calib, static=static)
-        for bn in bns:
-            c = bn.num_features
-            std = bn.running_var.sqrt()
-            bn.running_mean.add_(0.2 * std * torch.randn(c, generator=g))
-            bn.running_var.mul_(torch.empty(c).uniform_(0.8, 1.25, generator=g))
-            bn.weight.copy_(torch.empty(c).uniform_(0.5, 1.1, generator=g))
-            bn.bias.copy_(0.3 * torch.randn(c, generator=g) + 0.2)
-        for m in net.modules():
-            if isinstance(m, (HMDFNeuron, LIFNeuron)):
-                m.a.copy_(torch.randn(m.a.shape, generator=g))
-                m.b.copy_(torch.randn(m.b.shape, generator=g) - 1.0)
-            elif isinstance(m, ParallelHMDF):
-                m.b.copy_(torch.randn(1, generator=g))
-            elif isinstance(m, MembraneNorm):
-                m.p.copy_(torch.randn(m.p.shape, generator=g))
-                m.q.copy_(torch.randn(m.q.shape, generator=g) - 1.0)
-                for bn in m.bn:
-                    gain = torch.empty(bn.num_features).uniform_(0.2, 0.8, generator=g)
-                    bn.weight.copy_(gain * (bn.running_var + bn.eps).sqrt())
-                    bn.bias.copy_(torch.empty(bn.num_features).uniform_(0.4, 1.0, generator=g))
-            elif isinstance(m, SECAModule):
-                m.conv.weight.copy_(0.5 * torch.randn(m.conv.weight.shape, generator=g))
-                m.conv.bias.copy_(0.5 * torch.randn(1, generator=g) + 1.0)
-    net.eval()
-
-
 def make_case(cfg: ModelConfig, *, event: bool, batch: int, seed: int, steps: int | None = None):
     """A randomised network in eval mode and an input batch: static (B, C, H, W) with values in
     [0, 2), or event counts (B, steps, C, H, W). BN statistics are calibrated on 8 other samples."""
@@ -103,59 +59,19 @@ def make_case(cfg: ModelConfig, *, event: bool, batch: int, seed: int, steps: in
             return torch.poisson(torch.rand(n, length, c, h, w, generator=g) * 1.5, generator=g)
         return torch.rand(n, c, h, w, generator=g) * 2.0
 
-    randomise(net, inputs(8, cfg.T), not event, g)
+    nets.randomise(net, inputs(8, cfg.T), not event, g, nets.TAME)
     return net, inputs(batch, steps or cfg.T)
 
 
-@torch.no_grad()
-def trained_outputs(net: nn.Module, x: torch.Tensor, static: bool):
-    """Logits (T, B, classes) of the trained network and every neuron's output per step."""
-    outs: dict[str, list[torch.Tensor]] = {}
-    hooks = [m.register_forward_hook(lambda mod, args, o, name=name: outs.setdefault(name, []).append(o.clone()))
-             for name, m in net.named_modules() if isinstance(m, NEURONS)]
-    try:
-        logits = net.forward_sequence(x, static=static)
-    finally:
-        for h in hooks:
-            h.remove()
-    return logits, {k: torch.stack(v) for k, v in outs.items()}
-
-
-def step_loop(ref: Reference, seq: torch.Tensor) -> torch.Tensor:
-    state, outs = ref.initial_state(), []
-    for t in range(seq.shape[0]):
-        logits, state = ref.step(seq[t], state, t)
-        outs.append(logits)
-    return torch.stack(outs)
-
-
-def expected_codes(out: torch.Tensor) -> torch.Tensor:
-    """The trained network outputs Q4(s) = c/4 (SPEC §1.2): its integer codes."""
-    codes = out * 4
-    assert torch.equal(codes, codes.round()), "a 4-bit neuron output is not a multiple of 1/4"
-    assert float(codes.min()) >= 0 and float(codes.max()) <= 15
-    return codes
-
-
-def float_error(net: nn.Module, x: torch.Tensor, static: bool, want: torch.Tensor, trained: dict):
-    """How far the trained network's own float32 outputs are from the same network in float64.
-
-    This is the float rounding the deployment form may also have: a random deep network with SECA
-    and unbounded float spikes amplifies rounding by orders of magnitude more than a small one.
-    """
-    want64, trained64 = trained_outputs(copy.deepcopy(net).double(), x.double(), static)
-    logits = float((want.double() - want64).abs().max())
-    neurons = {k: float((v.double() - trained64[k]).abs().max()) for k, v in trained.items()}
-    return logits, neurons
-
-
-def compare_neurons(deploy: DeployModel, trained: dict, record: dict, err64: dict | None = None) -> torch.Tensor:
-    """Compare every neuron's output (T, B, ...); return which of the B samples have a 4-bit code
-    (off by ±1) or a binary spike that differs: few, at rounding ties."""
+def compare_neurons(deploy: DeployModel, trained: dict, trained64: dict, record: dict) -> torch.Tensor:
+    """Compare every neuron's output (T, B, ...) with the trained network's: 4-bit codes and binary
+    spikes one by one with its float32 run, float spikes within nets.float_bound of its float64
+    run. Return which of the B samples have a 4-bit code (off by ±1) or a binary spike that differs:
+    few, at rounding ties."""
     flips = total = 0
     flipped = None
     for n in deploy.neurons:
-        want, got = trained[n.name], record[n.name]
+        want, want64, got = trained[n.name], trained64[n.name], record[n.name]
         assert got.shape == want.shape, n.name
         differ = None
         if n.spikes == "4bit":
@@ -165,17 +81,14 @@ def compare_neurons(deploy: DeployModel, trained: dict, record: dict, err64: dic
         elif n.model == "lif":
             # binary spikes of height θ_t: a tie could only flip a whole spike
             differ = (got != 0) != (want != 0)
-            torch.testing.assert_close(torch.where(differ, 0.0, got), torch.where(differ, 0.0, want),
-                                       rtol=0, atol=1e-6, msg=lambda m, name=n.name: f"{name}: {m}")
+            nets.assert_float_close(*(torch.where(differ, 0.0, v) for v in (got, want, want64)), n.name)
+        else:
+            nets.assert_float_close(got, want, want64, n.name)
         if differ is not None:
             flips, total = flips + int(differ.sum()), total + differ.numel()
             per_sample = differ.reshape(*differ.shape[:2], -1).any(-1).any(0)
             flipped = per_sample if flipped is None else flipped | per_sample
-        else:
-            scale = max(1.0, float(want.abs().max()))
-            atol = RTOL_LOGITS * scale + FLOAT_ERROR_FACTOR * (err64 or {}).get(n.name, 0.0)
-            torch.testing.assert_close(got, want, rtol=0, atol=atol, msg=lambda m, name=n.name: f"{name}: {m}")
-    assert flips <= MAX_FLIP_SHARE * max(1, total), f"{flips} of {total} spike codes differ"
+    assert flips <= nets.MAX_FLIP_SHARE * max(1, total), f"{flips} of {total} spike codes differ"
     batch = next(iter(record.values())).shape[1]
     return torch.zeros(batch, dtype=torch.bool) if flipped is None else flipped
 
@@ -184,8 +97,9 @@ def check_case(cfg: ModelConfig, *, event: bool = False, batch: int = 3, seed: i
     cfg.validate()
     net, x = make_case(cfg, event=event, batch=batch, seed=seed)
     static = not event
-    want, trained = trained_outputs(net, x, static)
     deploy = fold(net, cfg, event=event)
+    truth, trained, trained64 = trained_truth(net, deploy, x, static)
+    want = truth.f32
     ref = Reference(deploy)
     seq = sequence_input(x, cfg.T, static)
     assert seq.shape[:2] == (cfg.T, batch)
@@ -204,31 +118,15 @@ def check_case(cfg: ModelConfig, *, event: bool = False, batch: int = 3, seed: i
     assert float(want.abs().max()) > 0.05 and float(want.std()) > 1e-3
 
     scale = float(want.abs().max())
-    err64, neuron_err64 = float_error(net, x, static, want, trained)
-    assert err64 <= MAX_FLOAT_ERROR * scale, "the random network is too ill-conditioned to test anything"
+    assert truth.error <= MAX_FLOAT_ERROR * scale, "the random network is too ill-conditioned to test anything"
     # a (rare, allowed) code flip moves its sample's logits by a whole level: compare the others
-    flipped = (compare_neurons(deploy, trained, rec_scan, neuron_err64)
-               | compare_neurons(deploy, trained, rec_loop, neuron_err64))
-    atol = RTOL_LOGITS * scale + FLOAT_ERROR_FACTOR * err64
+    flipped = (compare_neurons(deploy, trained, trained64, rec_scan)
+               | compare_neurons(deploy, trained, trained64, rec_loop))
+    truth = nets.Truth(truth.f32, truth.exact, truth.keep & ~flipped)
     for name, got in (("scan", by_scan), ("loop", by_loop), ("step", by_step)):
         assert got.shape == want.shape == (cfg.T, batch, cfg.num_classes), name
-        torch.testing.assert_close(got[:, ~flipped], want[:, ~flipped], rtol=0, atol=atol,
-                                   msg=lambda m, name=name: f"{name}: {m}")
-    # the step form and the loop form run the very same recurrence
-    torch.testing.assert_close(by_step, by_loop, rtol=0, atol=atol)
+        truth.check(got, name)
     return deploy
-
-
-def vgg(cfg, **kw) -> ModelConfig:
-    kw.setdefault("in_channels", 3)
-    kw.setdefault("input_size", (8, 8))
-    return ModelConfig(arch="vgg", cfg=list(cfg), num_classes=5, **kw)
-
-
-def resnet(arch, **kw) -> ModelConfig:
-    kw.setdefault("in_channels", 3)
-    kw.setdefault("input_size", (16, 16))
-    return ModelConfig(arch=arch, width=4, num_classes=5, **kw)
 
 
 # --------------------------------------------------------------------------- the core contract
@@ -353,14 +251,14 @@ def test_codes_are_compared_not_just_logits():
     threshold nudged by half a code level) produces code mismatches and is caught."""
     cfg = vgg([4, "M", 4], weights="1.5bit", spikes="4bit", T=3)
     net, x = make_case(cfg, event=False, batch=3, seed=5)
-    _, trained = trained_outputs(net, x, static=True)
     deploy = fold(net, cfg, event=False)
+    _, trained, trained64 = trained_truth(net, deploy, x, static=True)
     first = deploy.neurons[0]
     first.threshold = first.threshold + 0.125
     record: dict = {}
     Reference(deploy).run(sequence_input(x, cfg.T, True), record=record)
     with pytest.raises(AssertionError):
-        compare_neurons(deploy, trained, record)
+        compare_neurons(deploy, trained, trained64, record)
 
 
 # ------------------------------------------------------------------- Mem-BN with a negative k
@@ -375,8 +273,8 @@ def test_negative_mem_bn_k_falls_back_to_the_loop(monkeypatch):
         act.norm.q.fill_(-4.0)  # σ(q) ≈ 0.02
         for bn in act.norm.bn:  # channel 0: g = −1.5, so k = σ(p)·g + σ(q) < 0
             bn.weight[0] = -1.5 * float((bn.running_var[0] + bn.eps).sqrt())
-    want, trained = trained_outputs(net, x, static=True)
     deploy = fold(net, cfg, event=False)
+    truth, trained, trained64 = trained_truth(net, deploy, x, static=True)
     neg = deploy.node("features.0.act")
     assert float(neg.leak[:, 0].max()) < 0 and float(neg.leak[:, 1:].min()) >= 0
     assert float(deploy.node("features.2.act").leak.min()) >= 0
@@ -394,10 +292,9 @@ def test_negative_mem_bn_k_falls_back_to_the_loop(monkeypatch):
     record: dict = {}
     got = Reference(deploy).run(seq, scan=True, record=record)
     assert calls == ["scan"], "the non-negative neuron should still use the scan, the negative one not"
-    scale = float(want.abs().max())
-    torch.testing.assert_close(got, want, rtol=0, atol=RTOL_LOGITS * scale)
-    compare_neurons(deploy, trained, record)
-    torch.testing.assert_close(step_loop(Reference(deploy), seq), want, rtol=0, atol=RTOL_LOGITS * scale)
+    truth.check(got, "scan")
+    assert not compare_neurons(deploy, trained, trained64, record).any()
+    truth.check(step_loop(Reference(deploy), seq), "step")
     # the channel with k < 0 fires (so the sign flip matters) ...
     assert float((record["features.0.act"][:, :, 0] != 0).float().mean()) > 0.05
     # ... and the fallback is needed: the scan itself is wrong for a negative leak
@@ -481,11 +378,10 @@ def test_event_stream_longer_than_T_step_form_matches_trained():
     parameters (including Mem-BN's per-step BN) for frames past T."""
     cfg = vgg([4, "M", 4], in_channels=2, weights="1bit", spikes="4bit", mem_bn=True, T=2)
     net, x = make_case(cfg, event=True, batch=3, seed=3, steps=5)
-    want, _ = trained_outputs(net, x, static=False)
-    assert want.shape[0] == 5
     deploy = fold(net, cfg, event=True)
-    got = step_loop(Reference(deploy), x.transpose(0, 1))
-    torch.testing.assert_close(got, want, rtol=0, atol=RTOL_LOGITS * float(want.abs().max()))
+    truth, _, _ = trained_truth(net, deploy, x, static=False)
+    assert truth.exact.shape[0] == 5
+    truth.check(step_loop(Reference(deploy), x.transpose(0, 1)), "step")
 
 
 def test_event_stream_longer_than_T_parallel_form_matches_step_form():
@@ -493,12 +389,11 @@ def test_event_stream_longer_than_T_parallel_form_matches_step_form():
     min(t, R − 1)) for a sequence longer than T, as the step form and the trained network do."""
     cfg = vgg([4, "M", 4], in_channels=2, weights="1bit", spikes="4bit", mem_bn=True, T=2)
     net, x = make_case(cfg, event=True, batch=3, seed=3, steps=5)
-    want, _ = trained_outputs(net, x, static=False)
-    ref = Reference(fold(net, cfg, event=True))
-    seq = x.transpose(0, 1)
-    atol = RTOL_LOGITS * float(want.abs().max())
-    torch.testing.assert_close(ref.run(seq), want, rtol=0, atol=atol)
-    torch.testing.assert_close(ref.run(seq, scan=False), want, rtol=0, atol=atol)
+    deploy = fold(net, cfg, event=True)
+    truth, _, _ = trained_truth(net, deploy, x, static=False)
+    ref, seq = Reference(deploy), x.transpose(0, 1)
+    truth.check(ref.run(seq), "run")
+    truth.check(ref.run(seq, scan=True), "scan")
 
 
 # ------------------------------------------------------------------------ merge_input_affines

@@ -10,27 +10,11 @@ import math
 
 import pytest
 import torch
+from nets import D, t64
 from torch import nn
 
-from hmdf_deploy.neurons import (
-    HMDFNeuron,
-    HMDFParams,
-    LIFNeuron,
-    MembraneNorm,
-    ParallelHMDF,
-    hmdf_fire,
-    hmdf_step,
-    lif_step,
-    make_neuron,
-    quantize_spikes,
-    spike_codes,
-)
-
-D = torch.float64
-
-
-def t64(x) -> torch.Tensor:
-    return torch.tensor(x, dtype=D)
+from hmdf_deploy.neurons import (HMDFNeuron, HMDFParams, LIFNeuron, MembraneNorm, ParallelHMDF, hmdf_fire, hmdf_step,
+                                 lif_step, make_neuron, quantize_spikes, spike_codes)
 
 
 def logit(p: float) -> float:

@@ -7,22 +7,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nets import D, t64
 from torch import nn
 
-from hmdf_deploy.quant import (
-    QConv2d,
-    QLinear,
-    binary_codes,
-    quantize_weight,
-    ternary_codes,
-    weight_codes,
-)
-
-D = torch.float64
-
-
-def t64(x) -> torch.Tensor:
-    return torch.tensor(x, dtype=D)
+from hmdf_deploy.quant import QConv2d, QLinear, binary_codes, quantize_weight, ternary_codes, weight_codes
 
 
 # ------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 import nets
-from nets import inputs
+from nets import inputs, step_loop, vgg
 import numpy as np
 import onnx
 import pytest
@@ -32,38 +32,15 @@ from hmdf_deploy.runtime.backends import OnnxBackend, TorchBackend, make_backend
 from hmdf_deploy.runtime.triton_backend import TritonBackend
 from hmdf_deploy.runtime.stream import StreamReport, expand_paths, stream
 
-#: ONNX and torch accumulate in different orders: logits agree to float rounding, relative to the logit scale.
-RTOL = 1e-4
-
-
 # ------------------------------------------------------------------------------------- helpers
 def make_deploy(cfg: ModelConfig, event: bool, seed: int = 0) -> DeployModel:
     return nets.make_deploy(cfg, event, seed, source={"dataset": "neuro-digits" if event else "digits"})
 
 
-def vgg(cfg, **kw) -> ModelConfig:
-    kw.setdefault("in_channels", 3)
-    kw.setdefault("input_size", (8, 8))
-    kw.setdefault("num_classes", 5)
-    return ModelConfig(arch="vgg", cfg=list(cfg), **kw)
-
-
-def assert_logits_close(got: np.ndarray, want, what: str) -> None:
-    want = want.numpy() if isinstance(want, torch.Tensor) else np.asarray(want)
-    assert got.shape == want.shape, (what, got.shape, want.shape)
-    scale = max(1.0, float(np.abs(want).max()))
-    diff = float(np.abs(got - want).max())
-    assert diff <= RTOL * scale, f"{what}: max |Δ logits| {diff:.3e} (scale {scale:.3g})"
-
-
 def reference_stream(deploy: DeployModel, x: torch.Tensor) -> torch.Tensor:
     """Logits (N, B, K) of `Reference.step` fed all N steps with its state carried (no reset);
     past T, `rows` reuses the last step's parameters (graph.py)."""
-    ref, state, out = Reference(deploy), {}, []
-    for t in range(x.shape[0]):
-        logits, state = ref.step(x[t], state, t)
-        out.append(logits)
-    return torch.stack(out)
+    return step_loop(Reference(deploy), x)
 
 
 # --------------------------------------------------------------------------------- the models
@@ -155,23 +132,22 @@ def test_engine_step_and_run_equal_reference(name, kind, batch, engine_for):
     `Reference.run`'s logits; the StepResult bookkeeping follows them."""
     deploy = model(name)
     x = sample(name, batch)
-    want = Reference(deploy).run(x)
+    truth = nets.reference_truth(deploy, x)
     engine = engine_for(name, kind)
     assert engine.T == deploy.T and tuple(engine.input_shape) == tuple(deploy.input_shape)
 
     results = [engine.step(x[t].numpy()) for t in range(deploy.T)]
     got = np.stack([r.logits for r in results])
-    assert_logits_close(got, want, f"{name} {kind} step")
+    truth.check(got, f"{name} {kind} step")
     for t, r in enumerate(results):
         assert (r.t, r.window, r.window_done) == (t, 0, t == deploy.T - 1)
         assert r.logits.shape == (batch, deploy.num_classes)
-        assert_logits_close(r.summed, want[: t + 1].sum(0), f"{name} {kind} summed {t}")
+        truth[: t + 1].sum(0).check(r.summed, f"{name} {kind} summed {t}")
     assert np.array_equal(results[-1].prediction, results[-1].summed.argmax(-1))
 
-    got_run = engine.run(x.numpy())
-    assert_logits_close(got_run, want, f"{name} {kind} run")
+    truth.check(engine.run(x.numpy()), f"{name} {kind} run")
     # the whole window again, from a numpy array of another dtype: the result does not depend on history
-    assert_logits_close(engine.run(x.numpy().astype(np.float64)), want, f"{name} {kind} run again")
+    truth.check(engine.run(x.numpy().astype(np.float64)), f"{name} {kind} run again")
 
 
 @pytest.mark.parametrize("kind", BACKEND_KINDS)
@@ -183,14 +159,14 @@ def test_hmdf_file_round_trip_runs_the_same(kind, tmp_path, engine_for):
     loaded = load_hmdf(path)
     assert loaded.source == {"dataset": "neuro-digits"}
     x = sample(name, 2)
-    want = Reference(model(name)).run(x)
+    truth = nets.reference_truth(model(name), x)
     if kind == "onnx-file":  # the loaded model exported again, then streamed from the file
         [source] = export(loaded, tmp_path / "m.onnx", graph="step", path="integer")
         engine = Engine(source, "auto")
     else:
         engine = Engine(loaded, kind)
     assert engine.backend.name == ("onnxruntime" if kind == "onnx-file" else kind)
-    assert_logits_close(np.stack([engine.step(x[t].numpy()).logits for t in range(loaded.T)]), want, kind)
+    truth.check(np.stack([engine.step(x[t].numpy()).logits for t in range(loaded.T)]), kind)
 
 
 # ------------------------------------------------------------------------------ window policy
@@ -207,16 +183,17 @@ def test_window_policy_equals_independent_windows(name, kind, engine_for):
     engine = engine_for(name, kind, "window")
     fresh = engine_for(name, "torch")
     windows = [fresh.run(x[k * T:(k + 1) * T].numpy()) for k in range(N)]
+    truths = [nets.reference_truth(deploy, x[k * T:(k + 1) * T]) for k in range(N)]
     for k in range(N):
-        assert_logits_close(windows[k], Reference(deploy).run(x[k * T:(k + 1) * T]), f"window {k} run")
+        truths[k].check(windows[k], f"window {k} run")
 
     done = []
     for step in range(N * T):
         r = engine.step(x[step].numpy())
         k, t = divmod(step, T)
         assert (r.t, r.window, r.window_done) == (t, k, t == T - 1), step
-        assert_logits_close(r.logits, windows[k][t], f"{name} {kind} step {step}")
-        assert_logits_close(r.summed, windows[k][: t + 1].sum(0), f"{name} {kind} summed {step}")
+        truths[k][t].check(r.logits, f"{name} {kind} step {step}")
+        truths[k][: t + 1].sum(0).check(r.summed, f"{name} {kind} summed {step}")
         if r.window_done:
             done.append(r)
     assert len(done) == N and [r.window for r in done] == list(range(N))
@@ -240,7 +217,7 @@ def test_window_policy_partial_window_then_reset(engine_for):
     engine.reset()
     assert (engine.t, engine.window, engine.summed) == (0, 0, None)
     got = np.stack([engine.step(x[t].numpy()).logits for t in range(deploy.T)])
-    assert_logits_close(got, Reference(deploy).run(x), "after reset")
+    nets.reference_truth(deploy, x).check(got, "after reset")
 
 
 @pytest.mark.parametrize("kind", ["torch", "onnxruntime", "triton"])
@@ -250,12 +227,12 @@ def test_engine_run_leaves_the_stream_untouched(kind, engine_for):
     name = "event-float"
     deploy = model(name)
     x = sample(name, 2, seed=5)
-    want = Reference(deploy).run(x)
+    truth = nets.reference_truth(deploy, x)
     engine = engine_for(name, kind)
     first = engine.step(x[0].numpy())
     engine.run(sample(name, 2, seed=6).numpy())  # an unrelated window, evaluated on the side
     rest = [engine.step(x[t].numpy()) for t in range(1, deploy.T)]
-    assert_logits_close(np.stack([first.logits] + [r.logits for r in rest]), want, f"{kind} stream around run")
+    truth.check(np.stack([first.logits] + [r.logits for r in rest]), f"{kind} stream around run")
 
 
 # -------------------------------------------------------------------------- continuous policy
@@ -267,18 +244,16 @@ def test_continuous_policy_keeps_state_past_T(name, kind, engine_for):
     deploy = model(name)
     steps = 2 * deploy.T + 1
     x = sample(name, 3, steps=steps, seed=9)
-    want = reference_stream(deploy, x)
+    truth = nets.reference_truth(deploy, x, stream=True)
     engine = engine_for(name, kind, "continuous")
-    summed = np.zeros_like(want[0].numpy())
     for t in range(steps):
         r = engine.step(x[t].numpy())
-        summed = summed + want[t].numpy()
         assert (r.t, r.window, r.window_done) == (t, 0, False)
-        assert_logits_close(r.logits, want[t], f"{name} {kind} step {t}")
-        assert_logits_close(r.summed, summed, f"{name} {kind} summed {t}")
-    assert_logits_close(engine.run(x.numpy()), want, f"{name} {kind} run past T")
+        truth[t].check(r.logits, f"{name} {kind} step {t}")
+        truth[: t + 1].sum(0).check(r.summed, f"{name} {kind} summed {t}")
+    truth.check(engine.run(x.numpy()), f"{name} {kind} run past T")
     # the first T steps are the reference's window
-    assert_logits_close(want[: deploy.T].numpy(), Reference(deploy).run(x[: deploy.T]), "reference forms agree")
+    nets.reference_truth(deploy, x[: deploy.T]).check(truth.f32[: deploy.T], "reference forms agree")
 
 
 # The hand-built model: 3 inputs → Linear (fp32 weights, per-step affine) → one HM-DF neuron with
