@@ -1,13 +1,14 @@
 """Thread waiting on a shared machine: training, torch-backend and onnxruntime-backend stepping with
 the runtimes' default threads (they spin while they wait for work), with OMP_WAIT_POLICY=PASSIVE
 (they sleep: what `hmdf` sets unless the user set it; hmdf's onnxruntime sessions follow it) and
-with one thread, beside K busy processes.
+with one thread; on an otherwise idle machine (`--load none`), beside a busy Python loop (`python`),
+and beside another torch process with its default threads (`torch`: a second training, say).
 
 OpenMP reads its environment once, when torch loads it, so every measurement runs in a fresh
 subprocess. Each repeat runs every variant, in a rotated order; medians, min–max, and the ratio to
 PASSIVE per repeat (paired).
 
-    python benchmarks/threads.py --burn 0 1 --repeats 3 --json threads.json
+    python benchmarks/threads.py --load none python torch --repeats 3 --json threads.json
 
 Workloads: `train`, 8 online training batches (64 digits, the digits recipe with 1.5-bit weights
 and 4-bit spikes, T = 4) after one warm-up batch; `step`, 40 torch-backend steps at batch 1 of a
@@ -108,13 +109,21 @@ def measure(workload: str, variant: str) -> float:
     return float(out.strip().splitlines()[-1])
 
 
-def burners(k: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(k)]
+LOADS = {  # what runs beside the measured process
+    "none": None,
+    "python": "while True: pass",
+    "torch": "import torch\nx = torch.rand(256, 256)\nwhile True: x = torch.tanh(x @ x)",
+}
+
+
+def burner(load: str) -> subprocess.Popen | None:
+    code = LOADS[load]
+    return None if code is None else subprocess.Popen([sys.executable, "-c", code])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--burn", type=int, nargs="+", default=[0, 1], help="busy processes beside the job")
+    p.add_argument("--load", nargs="+", default=list(LOADS), choices=LOADS, help="what runs beside the job")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     p.add_argument("--json", type=Path)
@@ -125,27 +134,27 @@ def main() -> None:
         return
     record = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "results": []}
     names = list(VARIANTS)
-    print("| workload | busy processes | variant | seconds, median (min–max) | × PASSIVE (median of paired ratios) |")
+    print("| workload | beside it | variant | seconds, median (min–max) | × PASSIVE (median of paired ratios) |")
     print("|---|---|---|---|---|")
-    for k in args.burn:
-        busy = burners(k)
+    for k in args.load:
+        busy = burner(k)
         try:
             for workload in args.workloads:
                 times = {v: [] for v in names}
                 for r in range(args.repeats):
                     for v in names[r % len(names):] + names[:r % len(names)]:
                         times[v].append(measure(workload, v))
-                        print(f"  {workload} burn={k} {v}: {times[v][-1]:.2f} s", file=sys.stderr)
+                        print(f"  {workload} load={k} {v}: {times[v][-1]:.2f} s", file=sys.stderr)
                 base = times["OMP_WAIT_POLICY=PASSIVE"]
                 for v in names:
                     ratio = statistics.median(a / b for a, b in zip(times[v], base))
-                    record["results"].append({"workload": workload, "burn": k, "variant": v, "seconds": times[v],
+                    record["results"].append({"workload": workload, "load": k, "variant": v, "seconds": times[v],
                                               "ratio_to_passive": ratio})
                     print(f"| {workload} | {k} | {v} | {statistics.median(times[v]):.2f} "
                           f"({min(times[v]):.2f}–{max(times[v]):.2f}) | {ratio:.2f} |")
         finally:
-            for b in busy:
-                b.kill()
+            if busy is not None:
+                busy.kill()
     if args.json:
         write_json(args.json, record)
 
