@@ -207,7 +207,7 @@ SPY_ON_TORCH = textwrap.dedent("""
 
 @pytest.mark.parametrize("given, want", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_the_entry_point_lets_openmp_threads_sleep_unless_told_otherwise(given, want):
-    """Spinning OpenMP threads made training and streaming 20-45x slower beside other busy processes
+    """Spinning OpenMP threads made training up to 14x slower beside another torch process
     (benchmarks/threads.py); the policy only counts if it is set before torch is imported."""
     environ = {k: v for k, v in env().items() if k != "OMP_WAIT_POLICY"}
     if given:
