@@ -43,7 +43,8 @@ PATHS = ("lowbit", "integer", "float")
 
 
 def session(proto: onnx.ModelProto) -> ort.InferenceSession:
-    """A CPU session at onnxruntime's default optimisation level (the level the exporter ships)."""
+    """A CPU session as a receiver who does not read docs/onnx.md makes one: onnxruntime's defaults,
+    ConvMulFusion / ConvAddFusion included (hmdf's own `ort_session` turns those two off)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
