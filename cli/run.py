@@ -69,7 +69,7 @@ def _load(path: Path):
                         f"(from a training run: hmdf quantize {path} -o model.hmdf)")
     if not path.is_file():
         raise HmdfError(f"{path} not found")
-    return path if path.suffix == ".onnx" else load_hmdf(path)
+    return path if path.suffix.lower() == ".onnx" else load_hmdf(path)
 
 
 def _stream_one(engine: Engine, path: Path, binning: dict, live: bool) -> StreamReport:

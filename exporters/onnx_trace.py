@@ -7,8 +7,8 @@ by a whole code level, so the logits alone cannot tell a tie from a wrong graph.
 output in onnxruntime is compared with the float64 reference of that node fed the graph's own
 values of its inputs (teacher forcing): float values within a few times the float32 reference's own
 error on those inputs (a node such as SECA, a sigmoid of a mean, can amplify rounding: that error
-says by how much), codes exactly, except a code whose exact 4s is that close to a tie, which may
-be off by one.
+says by how much); codes exactly, except where the exact 4s is within that error of a tie, where
+either neighbour will do; LIF spikes likewise, on m − θ.
 """
 
 from __future__ import annotations
@@ -20,69 +20,118 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from hmdf_deploy.deploy.graph import DeployModel, Neuron
+from hmdf_deploy.deploy.graph import DeployModel, Neuron, rows
 from hmdf_deploy.deploy.reference import Reference
 from hmdf_deploy.neurons import SPIKE_LEVELS, SPIKE_MAX_CODE
 
 #: A node's float32 output may be off its float64 value by this many times the float32 reference's
-#: error on the same inputs, plus FLOOR_ULPS float32 epsilons of its largest |value|.
+#: error on the same inputs, plus FLOOR_ULPS float32 epsilons of its largest |value|. The same
+#: allowance, on 4s or on m − θ, is how near a tie a spike decision may go either way.
 ERROR_FACTOR = 16.0
 FLOOR_ULPS = 16
-#: How near (in code units, relative to the layer's largest 4s) a code's exact 4s may lie to a tie
-#: k + ½ and still round either way: the membrane's float32 error over T steps is far below it.
-TIE_RTOL = 1e-4
 
 
-def first_disagreement(proto: onnx.ModelProto, model: DeployModel, x: torch.Tensor, emitted: dict[str, str]
-                       ) -> str | None:
-    """None when every node of `proto` agrees with the reference given its own inputs; else a
-    sentence naming the first node (in graph order) that does not. `emitted` maps each node to the
-    name of its value in the graph; `x` is the (T, B, C, H, W) input."""
+def trace(proto: onnx.ModelProto, model: DeployModel, x: torch.Tensor, emitted: dict[str, str]
+          ) -> tuple[str | None, int]:
+    """(None, or a sentence naming the first node of `proto`, in graph order, that disagrees with the
+    reference given its own inputs; how many spike decisions before it went the other way at a
+    tie). `emitted` maps each node to the name of its value in the graph; `x` is (steps, B, C, H, W),
+    steps past T running as the continuous policy does."""
     values = _run_traced(proto, model, x, emitted)
     refs = Reference(model), Reference(model, torch.float64)
+    ties = 0
     for n in model.nodes:
         got = torch.from_numpy(values[n.name]).double()
-        f32, exact = (_node(ref, n, [torch.from_numpy(values[i]) for i in n.inputs]) for ref in refs)
-        if isinstance(n, Neuron) and n.spikes == "4bit":
-            problem = _codes_differ(got, exact)
+        args = [torch.from_numpy(values[i]) for i in n.inputs]
+        if isinstance(n, Neuron):
+            (s32, m32), (s, m) = (_neuron(ref, n, args[0]) for ref in refs)
+            if n.model == "lif":
+                problem, flipped = _decisions_differ(got, m, m32, n)
+            elif n.spikes == "4bit":
+                problem, flipped = _codes_differ(got, s, s32)
+            else:
+                problem, flipped = _floats_differ(got, s32.double(), s), 0
         else:
-            problem = _floats_differ(got, f32.double(), exact)
+            f32, exact = (_stateless(ref, n, args) for ref in refs)
+            problem, flipped = _floats_differ(got, f32.double(), exact), 0
         if problem:
-            return f"node {n.name} ({n.kind}): {problem}"
-    return None
+            return f"node {n.name} ({n.kind}): {problem}", ties
+        ties += flipped
+    return None, ties
 
 
-def _node(ref: Reference, n, args: list[torch.Tensor]) -> torch.Tensor:
-    """Node `n` of the reference on (T, B, …) inputs; a neuron gives relu(m − θ) before any rounding."""
+def _neuron(ref: Reference, n: Neuron, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, m) over the steps of input current `i` (steps, B, …): the spike before any rounding
+    (relu(m − θ); LIF: (m ≥ θ)·θ) and the membrane m (Parallel, which keeps none: s)."""
+    plain = replace(n, spikes="float")
+    i, v, s_all, m_all = i.to(ref.dtype), None, [], []
+    for t in range(i.shape[0]):
+        s, v_new = ref._neuron_step(plain, i[t], v, t)
+        m = s if v_new is None else s + v_new  # HM-DF: relu(m − θ) + min(m, θ); LIF: s + (m − s)
+        s_all.append(s)
+        m_all.append(m)
+        v = v_new
+    return torch.stack(s_all), torch.stack(m_all)
+
+
+def _stateless(ref: Reference, n, args: list[torch.Tensor]) -> torch.Tensor:
     args = [a.to(ref.dtype) for a in args]
-    if isinstance(n, Neuron):
-        return ref._neuron_sequence(replace(n, spikes="float"), args[0], scan=False)
     T, B = args[0].shape[:2]
     flat = [a.reshape(T * B, *a.shape[2:]) for a in args]
     out = ref._stateless(n, flat, lambda p: Reference._time_rows(p, T, B), flat[0].dim())
     return out.reshape(T, B, *out.shape[1:])
 
 
+def _window(f32: torch.Tensor, exact: torch.Tensor) -> float:
+    """How far float32 may be from `exact` here: ERROR_FACTOR × the reference's error + a floor."""
+    if not exact.numel():
+        return 0.0
+    floor = FLOOR_ULPS * torch.finfo(torch.float32).eps * float(exact.abs().max())
+    return ERROR_FACTOR * float((f32.double() - exact).abs().max()) + floor
+
+
 def _floats_differ(got: torch.Tensor, f32: torch.Tensor, exact: torch.Tensor) -> str | None:
     if not got.numel():
         return None
-    err = float((got - exact).abs().max())
-    floor = FLOOR_ULPS * torch.finfo(torch.float32).eps * float(exact.abs().max())
-    allowed = ERROR_FACTOR * float((f32 - exact).abs().max()) + floor
+    err, allowed = float((got - exact).abs().max()), _window(f32, exact)
     return None if err <= allowed else f"max |Δ| {err:.2e} against the float64 reference (allowed {allowed:.2e})"
 
 
-def _codes_differ(got: torch.Tensor, s: torch.Tensor) -> str | None:
-    """`got` codes against relu(m − θ) = `s` computed exactly."""
+def _codes_differ(got: torch.Tensor, s: torch.Tensor, s32: torch.Tensor) -> tuple[str | None, int]:
+    """`got` 4-bit codes against relu(m − θ) = `s` computed exactly (`s32` in float32): equal, or
+    where 4s is within float32 error of a tie k + ½ below the clamp, either neighbour k or k + 1."""
     exact = s * SPIKE_LEVELS
     want = torch.clamp(torch.round(exact), 0, SPIKE_MAX_CODE)
-    near_tie = (exact - exact.floor() - 0.5).abs() <= TIE_RTOL * max(1.0, float(exact.abs().max()))
-    bad = (got != want) & ~(near_tie & ((got - want).abs() == 1))
+    k = exact.floor()
+    near_tie = ((exact - k - 0.5).abs() <= _window(s32 * SPIKE_LEVELS, exact)) & (exact < SPIKE_MAX_CODE + 0.5)
+    other_way = near_tie & ((got == k) | (got == k + 1)) & (got != want)
+    bad = (got != want) & ~other_way
     if not bool(bad.any()):
-        return None
-    i = tuple(int(k) for k in bad.nonzero()[0])
+        return None, int(other_way.sum())
+    i = tuple(int(j) for j in bad.nonzero()[0])
     return (f"{int(bad.sum())} 4-bit codes differ away from a rounding tie (first at {i}: "
-            f"{float(got[i]):g} for 4s = {float(exact[i]):.6f})")
+            f"{float(got[i]):g} for 4s = {float(exact[i]):.6f})"), 0
+
+
+def _decisions_differ(got: torch.Tensor, m: torch.Tensor, m32: torch.Tensor, n: Neuron) -> tuple[str | None, int]:
+    """LIF spikes (0 or θ) against the exact membrane `m`: the same decision m ≥ θ, or either one
+    where m is within float32 error of θ."""
+    theta = torch.stack([_theta_like(n, t, m[t]) for t in range(m.shape[0])])
+    fired, want = got != 0, m >= theta
+    near = (m - theta).abs() <= _window(m32, m)
+    size_ok = torch.where(fired, (got - theta).abs() <= _window(m32, m), got == 0)
+    bad = ~size_ok | ((fired != want) & ~near)
+    if not bool(bad.any()):
+        return None, int((fired != want).sum())
+    i = tuple(int(j) for j in bad.nonzero()[0])
+    return (f"{int(bad.sum())} LIF spikes differ away from the threshold (first at {i}: {float(got[i]):g} "
+            f"for m − θ = {float((m - theta)[i]):.3e})"), 0
+
+
+def _theta_like(n: Neuron, t: int, like: torch.Tensor) -> torch.Tensor:
+    """θ of step t broadcast to `like` (B, C, …)."""
+    theta = rows(n.threshold, t).to(like.dtype)
+    return (theta.reshape(1, -1, *([1] * (like.dim() - 2))) if theta.dim() else theta).expand_as(like)
 
 
 def _run_traced(proto: onnx.ModelProto, model: DeployModel, x: torch.Tensor, emitted: dict[str, str]

@@ -139,9 +139,11 @@ def make_deploy(cfg: ModelConfig, event: bool, seed: int = 0, source: dict | Non
 # by at most FLOAT_ERROR_FACTOR times the float32 reference's own error there (what float32 rounding
 # amounts to for this model on this input), plus FLOOR_ULPS float32 epsilons of the largest |value|,
 # so that a float32 reference that happens to round to the exact value does not demand bit equality.
-# Measured over the suite, no executor exceeds 3.03 times the reference's error (onnxruntime's float
-# path with its default fusions); a classifier's affine scaled by 1 + 1e-4 fails every comparison.
-FLOAT_ERROR_FACTOR = 4.0
+# Measured over the suite on this CPU, no executor exceeds 3.03 times the reference's error
+# (onnxruntime's float path with its default fusions); 8 leaves room for other CPUs and for the GPU
+# kernels' summation orders (not yet run against this rule on a GPU). With 8, a classifier's affine
+# scaled by 1 + 1e-5 in the fold still fails 54 of test_equivalence's 66 tests (55 with 4).
+FLOAT_ERROR_FACTOR = 8.0
 FLOOR_ULPS = 4
 #: Share of 4-bit codes allowed to sit on the other side of a rounding tie (SPEC §7).
 MAX_FLIP_SHARE = 1e-3

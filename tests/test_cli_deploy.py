@@ -374,7 +374,7 @@ def test_inspect_events_file(neuro_model, events_file):
     assert_ok(result)
     info = json.loads(result.stdout)
     assert info["event"] is True and info["input_shape"] == [2, 16, 16] and info["T"] == 3
-    assert info["input"] == {"kind": "events", "split": "time", "sensor_size": [32, 32, 2]}
+    assert info["input"] == {"kind": "events", "split": "time", "sensor_size": [32, 32, 2], "resize": "sum"}
     costs = info["costs"]
     assert costs["nops"] == 3 * (4 * 16 * 16 + 8 * 8 * 8) * 3
     # the same recording, binned here into T equal time windows at 16×16 and run through the

@@ -79,3 +79,19 @@ def test_the_doc_lists_every_metadata_key(tmp_path):
     written = {p.key for p in onnx.load(tmp_path / "m.onnx").metadata_props}
     documented = set(re.findall(r"^\| `(hmdf\.[A-Za-z_]+)` \|", DOC.read_text(encoding="utf-8"), re.M))
     assert written == documented
+
+
+def test_neuro_digits_input_spec_reproduces_the_training_frames():
+    """An event spec read as docs/onnx.md says (split, sensor, sums) gives the frames training saw."""
+    from hmdf_deploy.data import make_neuro_digit_recordings
+    from hmdf_deploy.data.digits import digit_split
+    from hmdf_deploy.events import to_frames
+
+    spec = input_spec("neuro-digits")
+    assert spec["resize"] == "sum"
+    first = int(digit_split()[1][0])
+    rec = make_neuro_digit_recordings(0, [first])[0]
+    frames = to_frames(rec.events, tuple(spec["sensor_size"]), n_time_bins=4, split=spec["split"], size=(16, 16))
+    assert frames.sum() == len(rec.events)  # sums, not averages
+    test = load_dataset("neuro-digits", T=4, seed=0)[1]
+    np.testing.assert_array_equal(frames, test.x[0].numpy())

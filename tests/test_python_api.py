@@ -137,3 +137,37 @@ def test_onnxruntime_threads_sleep_under_a_passive_wait_policy(deploy, monkeypat
         else:  # onnxruntime's own default (spin)
             with pytest.raises(RuntimeError, match="does not have configuration"):
                 options.get_session_config_entry(key)
+
+
+def test_recipe_takes_what_a_python_caller_passes():
+    from pathlib import Path
+
+    m, t = recipe("digits", T=None, epochs=None, data_dir=Path("data"))  # None: the default, as on the CLI
+    assert (m.T, t.epochs, t.data_dir) == (4, 5, "data")  # data_dir is stored in config.json: a str
+    m, _ = recipe("digits", cfg=[8, "M", 16])  # a cfg alone is a VGG's, not replaced by the recipe's model
+    assert (m.arch, m.cfg) == ("vgg", [8, "M", 16])
+    with pytest.raises(HmdfError, match="takes model .* or arch and cfg, not both"):
+        recipe("digits", model="vgg11", cfg=[8])
+
+
+def test_engine_takes_an_onnx_file_whatever_the_suffix_case(tmp_path, deploy):
+    from exporters.onnx import export
+
+    export(deploy, tmp_path / "m.onnx")
+    (tmp_path / "m.onnx").rename(tmp_path / "M.ONNX")
+    engine = Engine(tmp_path / "M.ONNX", "onnxruntime")
+    x = frames(CFG.T)
+    np.testing.assert_allclose(engine.run(x), Reference(deploy).run(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_engine_state_is_a_copy_and_logits_are_float32(deploy, backend):
+    engine = Engine(with_dtype(deploy, torch.float64), backend)
+    x = frames(CFG.T)
+    r = engine.step(x[0])
+    assert r.logits.dtype == np.float32 and engine.run(x).dtype == np.float32
+    before = {k: v.copy() for k, v in engine.state.items()}
+    for v in engine.state.values():
+        v += 1.0  # must not reach the engine
+    for k, v in engine.state.items():
+        np.testing.assert_array_equal(v, before[k])

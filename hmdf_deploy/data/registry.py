@@ -108,7 +108,7 @@ def input_spec(dataset: str | None) -> dict:
 
     Images: x = (pixel / divide − mean) / std per channel, the same x at every step. Events: each frame
     counts events per (polarity, y, x) on the sensor, split into T frames by equal time windows or equal
-    event counts, then area-weighted to the input size (`hmdf_deploy.events.to_frames`).
+    event counts, then resized to the input size by area-weighted sums (`hmdf_deploy.events.to_frames`).
     """
     if dataset == "digits":
         return {"kind": "image", "divide": 16, "mean": [0.0], "std": [1.0]}
@@ -119,7 +119,7 @@ def input_spec(dataset: str | None) -> dict:
         return {"kind": "image", "divide": 255, "mean": list(layout.mean), "std": list(layout.std)}
     if dataset in ("neuro-digits", "dvs-cifar10"):
         f = framing(dataset)
-        return {"kind": "events", "split": f.split, "sensor_size": list(f.sensor_size)}
+        return {"kind": "events", "split": f.split, "sensor_size": list(f.sensor_size), "resize": "sum"}
     return {}
 
 
@@ -133,7 +133,8 @@ def describe_input(spec: dict) -> str:
     if spec.get("kind") == "events":
         w, h, p = spec["sensor_size"]
         split = "equal event counts" if spec["split"] == "count" else "equal time windows"
-        return f"events: counts per (polarity, y, x) of a {w}×{h}×{p} sensor, T frames of {split}, area-resized"
+        return (f"events: counts per (polarity, y, x) of a {w}×{h}×{p} sensor, T frames of {split}, "
+                "resized by area-weighted sums")
     return "not recorded"
 
 

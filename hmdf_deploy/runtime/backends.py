@@ -41,12 +41,12 @@ class TorchBackend:
     @torch.no_grad()
     def step(self, x_t: np.ndarray, t: int) -> np.ndarray:
         logits, self.state = self.ref.step(torch.as_tensor(x_t, dtype=torch.float32), self.state, t)
-        return logits.numpy()
+        return logits.float().numpy()
 
     @torch.no_grad()
     def run(self, x: np.ndarray) -> np.ndarray:
         self.reset()
-        return self.ref.run(torch.as_tensor(x, dtype=torch.float32)).numpy()
+        return self.ref.run(torch.as_tensor(x, dtype=torch.float32)).float().numpy()
 
 
 class OnnxBackend:
@@ -103,7 +103,7 @@ def make_backend(model: DeployModel | str | Path, name: str = "auto"):
     benchmarks/RESULTS.md), else torch."""
     if name not in BACKENDS:
         raise HmdfError(f"unknown backend {name!r}; this machine can run: {', '.join(available_backends())}")
-    if not isinstance(model, DeployModel) and Path(model).suffix != ".onnx":
+    if not isinstance(model, DeployModel) and Path(model).suffix.lower() != ".onnx":
         model = load_hmdf(Path(model))
     if not isinstance(model, DeployModel):  # an .onnx file runs only in onnxruntime
         if name in ("torch", "triton"):

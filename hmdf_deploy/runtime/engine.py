@@ -71,8 +71,9 @@ class Engine:
 
     @property
     def state(self) -> dict[str, np.ndarray]:
-        """Each neuron layer's membrane (B, …) after the last step; {} at the start of a window (zeros)."""
-        return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in self.backend.state.items()}
+        """A copy of each stateful neuron layer's membrane (B, …) after the last step; {} at the start of
+        a window (zeros). Parallel neurons keep none."""
+        return {k: v.cpu().numpy().copy() if isinstance(v, torch.Tensor) else np.array(v) for k, v in self.backend.state.items()}
 
     def step(self, x_t: np.ndarray) -> StepResult:
         x_t = _checked(x_t, self.input_shape, f"the input at step {self.t}", "B")

@@ -31,12 +31,19 @@ def recipe(dataset: str, **options) -> tuple[ModelConfig, TrainConfig]:
     `start` sets in_channels, input_size and num_classes from the data."""
     if dataset not in RECIPES:
         raise HmdfError(f"unknown dataset {dataset!r}; choose one of {', '.join(RECIPES)}")
+    options = {k: v for k, v in options.items() if v is not None}  # None: the dataset's default
+    if "model" in options and {"arch", "cfg"} & options.keys():
+        raise HmdfError("recipe() takes model (a --model string) or arch and cfg, not both")
+    if options.get("data_dir") is not None:
+        options["data_dir"] = str(options["data_dir"])  # stored in config.json
     values = {**RECIPES[dataset], **options, "dataset": dataset}
     model_fields, train_fields = {f.name for f in fields(ModelConfig)}, {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - model_fields - train_fields - {"model"})
     if unknown:
         raise HmdfError(f"recipe() got unknown options {', '.join(unknown)}")
-    if "arch" not in options:  # an explicit arch (and cfg) wins over the recipe's model name
+    if {"arch", "cfg"} & options.keys():  # cfg alone is a VGG's
+        values.setdefault("arch", "vgg")
+    else:
         values["arch"], values["cfg"] = arch_from_name(values["model"])
     model_config = ModelConfig(**{k: v for k, v in values.items() if k in model_fields}).validate()
     return model_config, TrainConfig(**{k: v for k, v in values.items() if k in train_fields}).validate()
