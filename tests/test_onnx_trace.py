@@ -140,3 +140,22 @@ def test_codes_may_go_either_way_only_at_a_tie():
     assert "(first at (0,): 3 for 4s" in check([3, 2, 4, 8, 15], s)[0]  # a tie's codes are 1 and 2 only
     assert "1 4-bit codes differ" in check([2, 2, 4, 8, 14], s)[0]  # above the clamp both sides give 15
     assert "1 4-bit codes differ" in check([2, 2, 6, 8, 15], s)[0]
+
+
+def test_lif_spikes_may_go_either_way_only_at_the_threshold():
+    from exporters.onnx_trace import _decisions_differ
+    from hmdf_deploy.deploy.graph import Neuron
+
+    theta = 0.75
+    n = Neuron("lif", ["x"], "lif", "float", torch.tensor([theta], dtype=torch.float64), torch.tensor([[0.5]]))
+    m = torch.tensor([[[theta + 1e-9], [theta + 0.1], [theta - 0.1]]], dtype=torch.float64)  # (T=1, B=3, C=1)
+    m32 = m + 1e-7
+
+    def check(*spikes):
+        return _decisions_differ(torch.tensor([[[s] for s in spikes]], dtype=torch.float64), m, m32, n)
+
+    assert check(theta, theta, 0.0) == (None, 0)
+    assert check(0.0, theta, 0.0) == (None, 1)  # at the threshold: either decision
+    assert "1 LIF spikes differ away from the threshold" in check(theta, 0.0, 0.0)[0]
+    assert "1 LIF spikes differ" in check(theta, theta, theta)[0]
+    assert "1 LIF spikes differ" in check(theta, 0.7, 0.0)[0]  # a spike is θ, nothing else
