@@ -90,6 +90,7 @@ class _Emitter:
         self.integer: dict[str, bool] = {"input": False}  # does this value hold integer 4-bit codes?
         self.integer_synapses = 0  # synapses emitted as ConvInteger / MatMulInteger
         self.weights: dict[str, tuple[str, str]] = {}  # synapse → (float weight, int8 weight or "")
+        self.packing: set[str] = set()  # how the weights are stored (metadata hmdf.packing)
         self.shapes = model.shapes()
 
     # ------------------------------------------------------------------ per-step parameters
@@ -142,8 +143,10 @@ class _Emitter:
             return self.weights[n.name]
         w, shape = n.weight, list(n.weight.shape)
         if n.weights == "fp32" or self.path == "float":
+            self.packing.add("float32")
             wf, w8 = self.b.const(f"{n.name}.weight", w.float().numpy()), ""
         elif weight_scheme(w) == "sign1":
+            self.packing.add("uint8 signs+unpack (binary)")
             packed = self.b.const(f"{n.name}.weight_packed", pack_signs(w).numpy())
             bits = self.b.op("BitwiseAnd", [self.b.op("BitShift", [
                 self.b.op("Unsqueeze", [packed, self.b.i64(1)]),
@@ -155,6 +158,7 @@ class _Emitter:
             wf = self.b.op("Reshape", [signs, self.b.i64(*shape)], f"{n.name}.weight")
             w8 = wf
         else:
+            self.packing.add("int2+dequantize (ternary)")
             name = self.b.fresh(f"{n.name}.weight_int2")
             raw = pack_trits_2bit(w).numpy().tobytes()
             self.b.inits.append(helper.make_tensor(name, TensorProto.INT2, shape, raw, raw=True))
@@ -332,7 +336,7 @@ def build_onnx(model: DeployModel, graph: str = "step", path: str = "lowbit", op
         "hmdf.spikes": model.spikes, "hmdf.event": json.dumps(model.event), "hmdf.path": path,
         "hmdf.input_shape": json.dumps(list(model.input_shape)),
         "hmdf.states": json.dumps({k: list(s) for k, s in shapes.items()}),
-        "hmdf.packing": "int2+dequantize (ternary), uint8 signs+unpack (binary)" if path != "float" else "float32",
+        "hmdf.packing": ", ".join(sorted(emitter.packing)),
         "hmdf.dataset": str(model.source.get("dataset", "")),
         "hmdf.input": json.dumps(input_spec(model.source.get("dataset"))),
         "hmdf.source_checksum": str(model.source.get("checksum", model.source.get("run_sha256", ""))),

@@ -95,3 +95,16 @@ def test_neuro_digits_input_spec_reproduces_the_training_frames():
     assert frames.sum() == len(rec.events)  # sums, not averages
     test = load_dataset("neuro-digits", T=4, seed=0)[1]
     np.testing.assert_array_equal(frames, test.x[0].numpy())
+
+
+@pytest.mark.parametrize("weights, path, want", [
+    ("fp32", "lowbit", "float32"),
+    ("1.5bit", "lowbit", "float32, int2+dequantize (ternary)"),  # the static stem stays fp32
+    ("1bit", "integer", "float32, uint8 signs+unpack (binary)"),
+    ("1bit", "float", "float32"),
+])
+def test_packing_metadata_names_the_storage_the_graph_uses(tmp_path, weights, path, want):
+    cfg = ModelConfig(arch="vgg", cfg=[4, "M", 6], in_channels=1, input_size=(4, 4), num_classes=3, T=2,
+                      weights=weights, spikes="4bit", pool="max")  # max pools pass codes on: --path integer
+    export(make_deploy(cfg, event=False), tmp_path / "m.onnx", path=path)
+    assert {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}["hmdf.packing"] == want
