@@ -57,11 +57,10 @@ def train(
         run_dir = resume_dir
         call = lambda **kw: resume(run_dir, **kw)  # noqa: E731
     else:
-        options = dict(  # None: the dataset's default (0 and an empty --model are given values, refused by validation)
-            model=model, T=T, neuron=neuron, weights=weights, spikes=spikes, parallel=parallel, mem_bn=mem_bn,
-            seca=seca, pool=pool, width=width, data_dir=str(data_dir) if data_dir else None, mode=mode,
+        model_config, train_config = recipe(  # None: the dataset's default (0 and an empty --model are refused)
+            dataset, model=model, T=T, neuron=neuron, weights=weights, spikes=spikes, parallel=parallel,
+            mem_bn=mem_bn, seca=seca, pool=pool, width=width, data_dir=data_dir, mode=mode,
             random_backprop=random_backprop, mix=mix, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-        model_config, train_config = recipe(dataset, **{k: v for k, v in options.items() if v is not None})
         run_dir = out or Path("runs") / dataset
         call = lambda **kw: start(run_dir, model_config, train_config, **kw)  # noqa: E731
 
