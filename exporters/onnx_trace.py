@@ -21,7 +21,7 @@ import torch
 from onnx import TensorProto, helper
 
 from hmdf_deploy.deploy.graph import DeployModel, Neuron, rows
-from hmdf_deploy.deploy.reference import Reference
+from hmdf_deploy.deploy.reference import Reference, _channels
 from hmdf_deploy.neurons import SPIKE_LEVELS, SPIKE_MAX_CODE
 
 #: A node's float32 output may be off its float64 value by this many times the float32 reference's
@@ -116,22 +116,17 @@ def _codes_differ(got: torch.Tensor, s: torch.Tensor, s32: torch.Tensor) -> tupl
 def _decisions_differ(got: torch.Tensor, m: torch.Tensor, m32: torch.Tensor, n: Neuron) -> tuple[str | None, int]:
     """LIF spikes (0 or θ) against the exact membrane `m`: the same decision m ≥ θ, or either one
     where m is within float32 error of θ."""
-    theta = torch.stack([_theta_like(n, t, m[t]) for t in range(m.shape[0])])
-    fired, want = got != 0, m >= theta
-    near = (m - theta).abs() <= _window(m32, m)
-    size_ok = torch.where(fired, (got - theta).abs() <= _window(m32, m), got == 0)
+    theta = torch.stack([_channels(rows(n.threshold, t).to(m.dtype), m.dim() - 1).expand_as(m[t])
+                         for t in range(m.shape[0])])
+    fired, want, window = got != 0, m >= theta, _window(m32, m)
+    near = (m - theta).abs() <= window
+    size_ok = torch.where(fired, (got - theta).abs() <= window, got == 0)
     bad = ~size_ok | ((fired != want) & ~near)
     if not bool(bad.any()):
         return None, int((fired != want).sum())
     i = tuple(int(j) for j in bad.nonzero()[0])
     return (f"{int(bad.sum())} LIF spikes differ away from the threshold (first at {i}: {float(got[i]):g} "
             f"for m − θ = {float((m - theta)[i]):.3e})"), 0
-
-
-def _theta_like(n: Neuron, t: int, like: torch.Tensor) -> torch.Tensor:
-    """θ of step t broadcast to `like` (B, C, …)."""
-    theta = rows(n.threshold, t).to(like.dtype)
-    return (theta.reshape(1, -1, *([1] * (like.dim() - 2))) if theta.dim() else theta).expand_as(like)
 
 
 def _run_traced(proto: onnx.ModelProto, model: DeployModel, x: torch.Tensor, emitted: dict[str, str]
